@@ -1,0 +1,238 @@
+//! The jobpipe producer: a gRPC service that accepts jobs and answers OK only once RabbitMQ has
+//! confirmed them.
+//!
+//! - [`config`]: the one `Config`.
+//! - [`submission`]: checking a client's job and filling in defaults.
+//! - [`service`]: the `JobService` RPCs, publishing with confirms.
+//! - [`error`]: why a job was refused, and its gRPC status (mapped in one place).
+//! - [`metrics`]: what `/metrics` shows.
+//! - [`Producer`] (here): binds the ports and runs everything until shutdown.
+
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod service;
+pub mod submission;
+
+use crate::{config::Config, metrics::ProducerMetrics, service::JobService, submission::Rules};
+use jobpipe_proto::v1::{FILE_DESCRIPTOR_SET, job_service_server::JobServiceServer};
+use jobpipe_runtime::{
+    admin::{Admin, AdminState},
+    amqp::{Link, LinkError, link::connection_name},
+    readiness,
+};
+use prometheus_client::registry::Registry;
+use std::{io, net::SocketAddr, sync::Arc};
+use tokio::{net::TcpListener, sync::watch};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Server, server::TcpIncoming};
+use tonic_health::{ServingStatus, server::HealthReporter};
+use tracing::{info, warn};
+
+/// The gRPC service name clients and probes ask health for.
+pub const SERVICE_NAME: &str = "jobpipe.v1.JobService";
+
+/// Why the producer could not start or keep running.
+#[derive(Debug, thiserror::Error)]
+pub enum ProducerError {
+    /// A port could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The broker's objects disagree with the configuration: a restart will not help.
+    #[error("topology: {0}")]
+    Topology(Arc<LinkError>),
+    /// The gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Serve(#[from] tonic::transport::Error),
+    /// The reflection service could not be built from the descriptors.
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// A producer with its ports bound, ready to run.
+#[derive(Debug)]
+pub struct Producer {
+    config: Config,
+    grpc: TcpListener,
+    admin: Admin,
+}
+
+impl Producer {
+    /// Binds the gRPC and admin ports (port 0 picks free ones).
+    pub async fn bind(config: Config) -> Result<Self, ProducerError> {
+        let grpc_addr = config.grpc.listen;
+        let grpc = TcpListener::bind(grpc_addr)
+            .await
+            .map_err(|source| ProducerError::Bind {
+                addr: grpc_addr,
+                source,
+            })?;
+        let admin_addr = config.admin.listen;
+        let admin = Admin::bind(admin_addr)
+            .await
+            .map_err(|source| ProducerError::Bind {
+                addr: admin_addr,
+                source,
+            })?;
+        Ok(Self {
+            config,
+            grpc,
+            admin,
+        })
+    }
+
+    /// The bound gRPC address.
+    pub fn grpc_addr(&self) -> io::Result<SocketAddr> {
+        self.grpc.local_addr()
+    }
+
+    /// The bound admin address.
+    pub fn admin_addr(&self) -> io::Result<SocketAddr> {
+        self.admin.local_addr()
+    }
+
+    /// Serves until `shutdown` is cancelled, then drains: health turns NOT_SERVING, in-flight
+    /// RPCs finish (their confirms awaited) within the grace period, and the broker connection
+    /// closes last.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), ProducerError> {
+        let Self {
+            config,
+            grpc,
+            admin,
+        } = self;
+        let topology = config.topology.topology();
+        let plan = topology.plan(&config.topology.queues, &config.topology.queue_options());
+        // The link outlives the gRPC server: draining RPCs still need their confirms.
+        let link_shutdown = CancellationToken::new();
+        let (link, link_task) = Link::spawn(
+            config.amqp.clone(),
+            plan,
+            connection_name("jobpipe-producer"),
+            link_shutdown.clone(),
+        );
+
+        let mut registry = Registry::default();
+        let metrics = ProducerMetrics::register(&mut registry, &config.topology.queues);
+        let ready = readiness::track(&link, shutdown.clone(), metrics.broker_connected.clone());
+        let (reporter, health) = tonic_health::server::health_reporter();
+        tokio::spawn(report_health(reporter, ready.clone()));
+        let admin_shutdown = CancellationToken::new();
+        let admin_task = tokio::spawn(admin.serve(
+            AdminState {
+                ready,
+                registry: Arc::new(registry),
+            },
+            admin_shutdown.clone(),
+        ));
+
+        let jobs = JobServiceServer::new(JobService::new(
+            link.clone(),
+            Rules::new(config.limits.clone(), config.jobs.clone()),
+            topology.jobs_exchange(),
+            metrics,
+        ))
+        .max_decoding_message_size(config.grpc.max_request_bytes);
+        let server = Server::builder()
+            .add_service(health)
+            .add_service(reflection_v1()?)
+            .add_service(reflection_v1alpha()?)
+            .add_service(jobs)
+            .serve_with_incoming_shutdown(
+                TcpIncoming::from(grpc),
+                shutdown.clone().cancelled_owned(),
+            );
+        tokio::pin!(server);
+        info!(grpc = %config.grpc.listen, admin = %config.admin.listen, "Producer started.");
+
+        let outcome = tokio::select! {
+            served = &mut server => served.map_err(ProducerError::from),
+            fatal = link.wait_first_up() => match fatal {
+                Err(error) => Err(ProducerError::Topology(error)),
+                Ok(_) => drain(&mut server, &shutdown, &config).await,
+            },
+        };
+        link_shutdown.cancel();
+        admin_shutdown.cancel();
+        let _ = link_task.await;
+        let _ = admin_task.await;
+        info!("Producer stopped.");
+        outcome
+    }
+}
+
+/// Runs the producer with `config` until `shutdown`.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), ProducerError> {
+    Producer::bind(config).await?.run(shutdown).await
+}
+
+/// Serves until shutdown, then gives in-flight RPCs the grace period to finish.
+async fn drain(
+    server: &mut std::pin::Pin<&mut impl Future<Output = Result<(), tonic::transport::Error>>>,
+    shutdown: &CancellationToken,
+    config: &Config,
+) -> Result<(), ProducerError> {
+    tokio::select! {
+        served = server.as_mut() => return served.map_err(ProducerError::from),
+        () = shutdown.cancelled() => {}
+    }
+    info!(grace_period = ?config.shutdown.grace_period, "Draining in-flight requests.");
+    match tokio::time::timeout(config.shutdown.grace_period, server.as_mut()).await {
+        Ok(served) => served.map_err(ProducerError::from),
+        Err(_) => {
+            warn!("Grace period over; abandoning the remaining requests.");
+            Ok(())
+        }
+    }
+}
+
+/// Mirrors readiness into gRPC health, for the whole server ("") and for the job service.
+async fn report_health(reporter: HealthReporter, mut ready: watch::Receiver<bool>) {
+    loop {
+        let status = if *ready.borrow_and_update() {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        reporter.set_service_status("", status).await;
+        reporter.set_service_status(SERVICE_NAME, status).await;
+        if ready.changed().await.is_err() {
+            reporter
+                .set_service_status("", ServingStatus::NotServing)
+                .await;
+            reporter
+                .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
+                .await;
+            return;
+        }
+    }
+}
+
+fn reflection_v1() -> Result<
+    tonic_reflection::server::v1::ServerReflectionServer<
+        impl tonic_reflection::server::v1::ServerReflection,
+    >,
+    ProducerError,
+> {
+    Ok(tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?)
+}
+
+/// grpcurl 1.8.6 speaks only the v1alpha reflection protocol.
+fn reflection_v1alpha() -> Result<
+    tonic_reflection::server::v1alpha::ServerReflectionServer<
+        impl tonic_reflection::server::v1alpha::ServerReflection,
+    >,
+    ProducerError,
+> {
+    Ok(tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?)
+}

@@ -1,0 +1,162 @@
+//! The producer's Prometheus metrics. Labels are bounded: a queue label is one of the configured
+//! queues or `other`, never a client's free text; no job ids.
+
+use jobpipe_proto::names::QueueName;
+use jobpipe_runtime::{label_enum, metrics::latency_buckets};
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+use std::time::Duration;
+use tonic::Code;
+
+label_enum! {
+    /// The RPC a request called.
+    pub enum Method {
+        SubmitJob => "SubmitJob",
+        SubmitJobs => "SubmitJobs",
+    }
+}
+
+label_enum! {
+    /// How one job's submission ended.
+    pub enum Outcome {
+        /// The broker confirmed it.
+        Confirmed => "confirmed",
+        /// It broke a rule and was not published.
+        Invalid => "invalid",
+        /// No queue of that name.
+        Unroutable => "unroutable",
+        /// The broker refused it.
+        Nacked => "nacked",
+        /// No confirm in time.
+        Timeout => "timeout",
+        /// The broker was unreachable or blocked.
+        Unavailable => "unavailable",
+    }
+}
+
+/// The label value for queues that are not configured (or not valid names).
+const OTHER_QUEUE: &str = "other";
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RpcLabels {
+    method: Method,
+    code: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JobLabels {
+    queue: String,
+    outcome: Outcome,
+}
+
+/// Every metric the producer exports.
+#[derive(Debug, Clone)]
+pub struct ProducerMetrics {
+    rpcs: Family<RpcLabels, Counter>,
+    /// One counter per outcome for each configured queue, resolved once so that counting a job
+    /// costs no allocation.
+    queues: Vec<(QueueName, Vec<Counter>)>,
+    other: Vec<Counter>,
+    confirm_seconds: Histogram,
+    /// 1 while the broker link is up.
+    pub broker_connected: Gauge,
+}
+
+impl ProducerMetrics {
+    /// Creates the metrics for `queues` and registers them in `registry`.
+    pub fn register(registry: &mut Registry, queues: &[QueueName]) -> Self {
+        let rpcs = Family::<RpcLabels, Counter>::default();
+        let jobs = Family::<JobLabels, Counter>::default();
+        let per_outcome = |queue: &str| -> Vec<Counter> {
+            Outcome::ALL
+                .iter()
+                .map(|&outcome| {
+                    jobs.get_or_create_owned(&JobLabels {
+                        queue: queue.to_owned(),
+                        outcome,
+                    })
+                })
+                .collect()
+        };
+        let metrics = Self {
+            queues: queues
+                .iter()
+                .map(|queue| (queue.clone(), per_outcome(queue.as_str())))
+                .collect(),
+            other: per_outcome(OTHER_QUEUE),
+            rpcs,
+            confirm_seconds: Histogram::new(latency_buckets()),
+            broker_connected: Gauge::default(),
+        };
+        registry.register(
+            "jobpipe_producer_rpcs",
+            "gRPC requests answered, by method and status code",
+            metrics.rpcs.clone(),
+        );
+        registry.register(
+            "jobpipe_producer_jobs",
+            "Jobs submitted, by queue and outcome",
+            jobs,
+        );
+        registry.register(
+            "jobpipe_producer_publish_confirm_seconds",
+            "Time from publishing a job to the broker's confirm",
+            metrics.confirm_seconds.clone(),
+        );
+        registry.register(
+            "jobpipe_broker_connected",
+            "Whether the broker link is up (1) or down (0)",
+            metrics.broker_connected.clone(),
+        );
+        metrics
+    }
+
+    /// Counts one answered RPC.
+    pub fn rpc(&self, method: Method, code: Code) {
+        self.rpcs
+            .get_or_create(&RpcLabels {
+                method,
+                code: code_label(code),
+            })
+            .inc();
+    }
+
+    /// Counts one job's outcome; `queue` is `None` when the job named no valid queue.
+    pub fn job(&self, queue: Option<&QueueName>, outcome: Outcome) {
+        let counters = queue
+            .and_then(|queue| self.queues.iter().find(|(name, _)| name == queue))
+            .map_or(&self.other, |(_, counters)| counters);
+        counters[outcome as usize].inc();
+    }
+
+    /// Records how long a confirm took.
+    pub fn confirm_latency(&self, elapsed: Duration) {
+        self.confirm_seconds.observe(elapsed.as_secs_f64());
+    }
+}
+
+/// The canonical upper-case name of a gRPC code (`INVALID_ARGUMENT`).
+fn code_label(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}

@@ -1,0 +1,363 @@
+//! Turns a client's `JobSpec` into a job ready to publish, or says which field is wrong and why.
+
+use crate::{
+    config::{JobDefaults, Limits},
+    error::SubmitError,
+};
+use jobpipe_proto::{
+    job::JobProperties,
+    metadata,
+    names::{JobId, JobType, NameError, QueueName},
+    v1::JobSpec,
+};
+use std::time::{Duration, SystemTime};
+
+/// The content type of a job whose client named none.
+pub const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
+/// The longest content type, in characters.
+const MAX_CONTENT_TYPE_LEN: usize = 128;
+
+/// A valid job, ready to publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Submission {
+    /// Where the job goes.
+    pub queue: QueueName,
+    /// How long the job waits before it becomes due (zero: at once).
+    pub delay: Duration,
+    /// The job's AMQP properties.
+    pub properties: JobProperties,
+    /// The payload, unchanged.
+    pub payload: Vec<u8>,
+}
+
+/// The rules a submission is checked against, taken from the configuration.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    limits: Limits,
+    jobs: JobDefaults,
+}
+
+impl Rules {
+    /// Rules from the configured limits and job defaults.
+    pub fn new(limits: Limits, jobs: JobDefaults) -> Self {
+        Self { limits, jobs }
+    }
+
+    /// The most jobs one batch may hold.
+    pub fn max_batch_jobs(&self) -> usize {
+        self.limits.max_batch_jobs
+    }
+
+    /// Checks `spec` and fills in defaults; `now` is the submit time.
+    pub fn check(&self, spec: JobSpec, now: SystemTime) -> Result<Submission, SubmitError> {
+        if spec.payload.len() > self.limits.max_payload_bytes {
+            return Err(SubmitError::PayloadTooLarge {
+                size: spec.payload.len(),
+                limit: self.limits.max_payload_bytes,
+            });
+        }
+        let id = if spec.job_id.is_empty() {
+            JobId::generate()
+        } else {
+            JobId::try_new(spec.job_id).map_err(invalid_name("job_id"))?
+        };
+        let job_type = JobType::try_new(spec.r#type).map_err(invalid_name("type"))?;
+        let queue = if spec.queue.is_empty() {
+            QueueName::default_queue()
+        } else {
+            QueueName::try_new(spec.queue).map_err(invalid_name("queue"))?
+        };
+        let content_type = content_type(spec.content_type)?;
+        let max_attempts = self.max_attempts(spec.max_attempts)?;
+        let timeout = self.timeout(spec.timeout)?;
+        let delay = delay(spec.delay)?;
+        check_metadata(&spec.metadata)?;
+        Ok(Submission {
+            queue,
+            delay,
+            properties: JobProperties {
+                id,
+                job_type,
+                content_type,
+                attempt: 1,
+                max_attempts,
+                timeout,
+                submitted_at: now,
+                due_at: now + delay,
+                metadata: spec.metadata.into_iter().collect(),
+            },
+            payload: spec.payload,
+        })
+    }
+
+    fn max_attempts(&self, asked: u32) -> Result<u32, SubmitError> {
+        match asked {
+            0 => Ok(self.jobs.default_max_attempts),
+            n if n <= self.jobs.max_attempts_cap => Ok(n),
+            _ => Err(SubmitError::Invalid {
+                field: "max_attempts",
+                reason: format!("must be at most {}", self.jobs.max_attempts_cap),
+            }),
+        }
+    }
+
+    fn timeout(&self, asked: Option<prost_types::Duration>) -> Result<Duration, SubmitError> {
+        let Some(asked) = asked else {
+            return Ok(self.jobs.default_timeout);
+        };
+        let max = self.jobs.max_timeout;
+        match Duration::try_from(asked) {
+            Ok(timeout) if !timeout.is_zero() && timeout <= max => Ok(timeout),
+            _ => Err(SubmitError::Invalid {
+                field: "timeout",
+                reason: format!(
+                    "must be positive and at most {}",
+                    humantime::format_duration(max)
+                ),
+            }),
+        }
+    }
+}
+
+fn delay(asked: Option<prost_types::Duration>) -> Result<Duration, SubmitError> {
+    match asked.map(Duration::try_from) {
+        None => Ok(Duration::ZERO),
+        Some(Ok(delay)) if delay.is_zero() => Ok(delay),
+        Some(Ok(_)) => Err(SubmitError::Invalid {
+            field: "delay",
+            reason: "scheduled jobs are not supported yet".into(),
+        }),
+        Some(Err(_)) => Err(SubmitError::Invalid {
+            field: "delay",
+            reason: "must not be negative".into(),
+        }),
+    }
+}
+
+fn content_type(asked: String) -> Result<String, SubmitError> {
+    if asked.is_empty() {
+        return Ok(DEFAULT_CONTENT_TYPE.to_owned());
+    }
+    if asked.len() > MAX_CONTENT_TYPE_LEN || !asked.bytes().all(|c| (b' '..=b'~').contains(&c)) {
+        return Err(SubmitError::Invalid {
+            field: "content_type",
+            reason: format!("must be at most {MAX_CONTENT_TYPE_LEN} printable ASCII characters"),
+        });
+    }
+    Ok(asked)
+}
+
+fn check_metadata(entries: &std::collections::HashMap<String, String>) -> Result<(), SubmitError> {
+    let invalid = |reason| SubmitError::Invalid {
+        field: "metadata",
+        reason,
+    };
+    if entries.len() > metadata::MAX_ENTRIES {
+        return Err(invalid(format!(
+            "{} entries is over the limit of {}",
+            entries.len(),
+            metadata::MAX_ENTRIES
+        )));
+    }
+    entries
+        .iter()
+        .try_for_each(|(key, value)| metadata::check_entry(key, value))
+        .map_err(invalid)
+}
+
+fn invalid_name(field: &'static str) -> impl Fn(NameError) -> SubmitError {
+    move |error| SubmitError::Invalid {
+        field,
+        reason: error.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn rules() -> Rules {
+        Rules::new(
+            Limits {
+                max_payload_bytes: 16,
+                max_batch_jobs: 10,
+            },
+            JobDefaults::default(),
+        )
+    }
+
+    fn spec() -> JobSpec {
+        JobSpec {
+            r#type: "email.send".into(),
+            payload: b"hello".to_vec(),
+            ..JobSpec::default()
+        }
+    }
+
+    fn field_of(result: Result<Submission, SubmitError>) -> Option<&'static str> {
+        match result {
+            Err(SubmitError::Invalid { field, .. }) => Some(field),
+            Err(SubmitError::PayloadTooLarge { .. }) => Some("payload"),
+            Err(other) => panic!("unexpected {other:?}"),
+            Ok(_) => None,
+        }
+    }
+
+    #[test]
+    fn defaults_are_filled_in() {
+        let now = SystemTime::now();
+        let job = rules().check(spec(), now).unwrap();
+        assert_eq!(job.queue.as_str(), "default");
+        assert_eq!(job.properties.content_type, DEFAULT_CONTENT_TYPE);
+        assert_eq!(job.properties.attempt, 1);
+        assert_eq!(job.properties.max_attempts, 5);
+        assert_eq!(job.properties.timeout, Duration::from_secs(300));
+        assert_eq!(job.properties.submitted_at, now);
+        assert!(JobId::try_new(job.properties.id.as_str()).is_ok());
+        assert_eq!(job.payload, b"hello");
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        let secs = |seconds| Some(prost_types::Duration { seconds, nanos: 0 });
+        let meta = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).into(), (*v).into()))
+                .collect()
+        };
+        let too_many: HashMap<String, String> =
+            (0..33).map(|i| (format!("k{i}"), "v".into())).collect();
+        let cases: Vec<(&str, JobSpec, Option<&str>)> = vec![
+            ("valid", spec(), None),
+            (
+                "empty type",
+                JobSpec {
+                    r#type: String::new(),
+                    ..spec()
+                },
+                Some("type"),
+            ),
+            (
+                "type charset",
+                JobSpec {
+                    r#type: "a b".into(),
+                    ..spec()
+                },
+                Some("type"),
+            ),
+            (
+                "job id charset",
+                JobSpec {
+                    job_id: "id/1".into(),
+                    ..spec()
+                },
+                Some("job_id"),
+            ),
+            (
+                "queue charset",
+                JobSpec {
+                    queue: "Q.1".into(),
+                    ..spec()
+                },
+                Some("queue"),
+            ),
+            (
+                "payload",
+                JobSpec {
+                    payload: vec![0; 17],
+                    ..spec()
+                },
+                Some("payload"),
+            ),
+            (
+                "payload at limit",
+                JobSpec {
+                    payload: vec![0; 16],
+                    ..spec()
+                },
+                None,
+            ),
+            (
+                "content type",
+                JobSpec {
+                    content_type: "a\u{7f}".into(),
+                    ..spec()
+                },
+                Some("content_type"),
+            ),
+            (
+                "attempts over cap",
+                JobSpec {
+                    max_attempts: 26,
+                    ..spec()
+                },
+                Some("max_attempts"),
+            ),
+            (
+                "attempts at cap",
+                JobSpec {
+                    max_attempts: 25,
+                    ..spec()
+                },
+                None,
+            ),
+            (
+                "zero timeout",
+                JobSpec {
+                    timeout: secs(0),
+                    ..spec()
+                },
+                Some("timeout"),
+            ),
+            (
+                "long timeout",
+                JobSpec {
+                    timeout: secs(3600),
+                    ..spec()
+                },
+                Some("timeout"),
+            ),
+            (
+                "negative delay",
+                JobSpec {
+                    delay: secs(-1),
+                    ..spec()
+                },
+                Some("delay"),
+            ),
+            (
+                "reserved key",
+                JobSpec {
+                    metadata: meta(&[("x-a", "v")]),
+                    ..spec()
+                },
+                Some("metadata"),
+            ),
+            (
+                "too many entries",
+                JobSpec {
+                    metadata: too_many,
+                    ..spec()
+                },
+                Some("metadata"),
+            ),
+            (
+                "good metadata",
+                JobSpec {
+                    metadata: meta(&[("tenant", "acme")]),
+                    ..spec()
+                },
+                None,
+            ),
+        ];
+        for (case, spec, expected) in cases {
+            assert_eq!(
+                field_of(rules().check(spec, SystemTime::now())),
+                expected,
+                "{case}"
+            );
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! The jobpipe wire contract, shared by every service and client: the gRPC API ([`v1`]), the
+//! names of broker objects ([`topology`]) and headers ([`headers`]), validated names ([`names`]), metadata rules ([`metadata`]),
+//! and how a job is written onto an AMQP message ([`job`]). Pure: no I/O happens here.
+
+pub mod headers;
+pub mod job;
+pub mod metadata;
+pub mod names;
+pub mod topology;
+
+/// The generated `jobpipe.v1` gRPC types, client and server.
+#[allow(missing_docs, unreachable_pub, clippy::all)]
+pub mod v1 {
+    tonic::include_proto!("jobpipe.v1");
+
+    /// The encoded descriptors of `jobpipe/v1/*.proto`, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/jobpipe_descriptor.bin"));
+}

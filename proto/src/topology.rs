@@ -1,0 +1,288 @@
+//! The broker objects jobpipe uses, how they are named and how they are wired. The names are an
+//! operator contract; this module only describes them (a [`Plan`]), the runtime declares them.
+//!
+//! ```text
+//! {prefix}.jobs  --(routing key = queue)-->  {prefix}.{queue}  (quorum, delivery limit)
+//!                                                 | broker dead-lettering (at-least-once)
+//! {prefix}.dead  --(routing key = queue)-->  {prefix}.{queue}.dead
+//! ```
+
+use crate::names::{Prefix, QueueName};
+use amq_protocol::types::{AMQPValue, FieldTable, LongString};
+use serde::Deserialize;
+
+/// Names every broker object of one jobpipe installation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topology {
+    prefix: Prefix,
+}
+
+/// The queue type of work queues.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueType {
+    /// Replicated and durable, with a delivery limit and at-least-once dead-lettering.
+    #[default]
+    Quorum,
+    /// Single-node; dead-lettering is at-most-once and there is no delivery limit. For
+    /// benchmarks and development, not for jobs that must not be lost.
+    Classic,
+}
+
+/// How work queues are declared. Every service declaring a queue must agree on these, or the
+/// broker refuses the second declaration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueOptions {
+    /// The work queues' type.
+    pub queue_type: QueueType,
+    /// Deliveries of one message before the broker dead-letters it (quorum queues only): the
+    /// backstop for a job that crashes its consumer every time.
+    pub delivery_limit: u32,
+    /// The most messages a work queue holds; further publishes are refused (nacked).
+    pub max_length: Option<u64>,
+}
+
+/// Everything to declare, in dependency order: exchanges, then queues, then bindings.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Plan {
+    /// Exchanges to declare (all durable).
+    pub exchanges: Vec<Exchange>,
+    /// Queues to declare (all durable).
+    pub queues: Vec<Queue>,
+    /// Bindings to add once the exchanges and queues exist.
+    pub bindings: Vec<Binding>,
+}
+
+/// A durable exchange.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exchange {
+    /// Full name.
+    pub name: String,
+    /// Routing behaviour.
+    pub kind: ExchangeKind,
+}
+
+/// The exchange types jobpipe uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExchangeKind {
+    /// Routes on the exact routing key.
+    Direct,
+    /// Routes on routing-key patterns.
+    Topic,
+}
+
+/// A durable queue and its `x-` arguments.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Queue {
+    /// Full name.
+    pub name: String,
+    /// Declaration arguments.
+    pub arguments: FieldTable,
+}
+
+/// A binding from an exchange to a queue or to another exchange.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binding {
+    /// The exchange messages come from.
+    pub source: String,
+    /// Where matching messages go.
+    pub destination: Destination,
+    /// The routing key or pattern.
+    pub routing_key: String,
+}
+
+/// The far end of a binding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    /// A queue, by full name.
+    Queue(String),
+    /// An exchange, by full name.
+    Exchange(String),
+}
+
+impl Topology {
+    /// The topology of the installation whose names start with `prefix`.
+    pub fn new(prefix: Prefix) -> Self {
+        Self { prefix }
+    }
+
+    /// The prefix every name starts with.
+    pub fn prefix(&self) -> &Prefix {
+        &self.prefix
+    }
+
+    /// `{prefix}.jobs`: the direct exchange jobs are submitted to; routing key = queue name.
+    pub fn jobs_exchange(&self) -> String {
+        format!("{}.jobs", self.prefix)
+    }
+
+    /// `{prefix}.{queue}`: the quorum queue consumers take `queue`'s jobs from.
+    pub fn work_queue(&self, queue: &QueueName) -> String {
+        format!("{}.{queue}", self.prefix)
+    }
+
+    /// `{prefix}.dead`: the direct exchange dead-lettered jobs go through; routing key = queue.
+    pub fn dead_exchange(&self) -> String {
+        format!("{}.dead", self.prefix)
+    }
+
+    /// `{prefix}.{queue}.dead`: where `queue`'s failed jobs wait for an operator.
+    pub fn dead_queue(&self, queue: &QueueName) -> String {
+        format!("{}.{queue}.dead", self.prefix)
+    }
+
+    /// The objects serving `queues`, declared with `options`.
+    pub fn plan(&self, queues: &[QueueName], options: &QueueOptions) -> Plan {
+        let mut plan = Plan {
+            exchanges: vec![
+                Exchange {
+                    name: self.jobs_exchange(),
+                    kind: ExchangeKind::Direct,
+                },
+                Exchange {
+                    name: self.dead_exchange(),
+                    kind: ExchangeKind::Direct,
+                },
+            ],
+            ..Plan::default()
+        };
+        for queue in queues {
+            plan.queues.push(Queue {
+                name: self.work_queue(queue),
+                arguments: self.work_queue_arguments(queue, options),
+            });
+            plan.queues.push(Queue {
+                name: self.dead_queue(queue),
+                arguments: type_argument(options.queue_type),
+            });
+            plan.bindings.push(Binding {
+                source: self.jobs_exchange(),
+                destination: Destination::Queue(self.work_queue(queue)),
+                routing_key: queue.to_string(),
+            });
+            plan.bindings.push(Binding {
+                source: self.dead_exchange(),
+                destination: Destination::Queue(self.dead_queue(queue)),
+                routing_key: queue.to_string(),
+            });
+        }
+        plan
+    }
+
+    fn work_queue_arguments(&self, queue: &QueueName, options: &QueueOptions) -> FieldTable {
+        let mut arguments = type_argument(options.queue_type);
+        arguments.insert("x-dead-letter-exchange".into(), text(&self.dead_exchange()));
+        // Messages arrive with routing keys of the delay ladder too; dead-letter under the
+        // queue's own name so they reach its dead queue.
+        arguments.insert("x-dead-letter-routing-key".into(), text(queue.as_str()));
+        if options.queue_type == QueueType::Quorum {
+            arguments.insert(
+                "x-delivery-limit".into(),
+                AMQPValue::LongLongInt(options.delivery_limit.into()),
+            );
+            // At-least-once dead-lettering needs reject-publish overflow; with drop-head the
+            // broker silently falls back to at-most-once.
+            arguments.insert("x-dead-letter-strategy".into(), text("at-least-once"));
+        }
+        arguments.insert("x-overflow".into(), text("reject-publish"));
+        if let Some(max) = options.max_length {
+            arguments.insert(
+                "x-max-length".into(),
+                AMQPValue::LongLongInt(i64::try_from(max).unwrap_or(i64::MAX)),
+            );
+        }
+        arguments
+    }
+}
+
+fn type_argument(queue_type: QueueType) -> FieldTable {
+    let mut arguments = FieldTable::default();
+    let name = match queue_type {
+        QueueType::Quorum => "quorum",
+        QueueType::Classic => "classic",
+    };
+    arguments.insert("x-queue-type".into(), text(name));
+    arguments
+}
+
+fn text(value: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topology() -> Topology {
+        Topology::new(Prefix::try_new("jp").unwrap())
+    }
+
+    fn options(queue_type: QueueType) -> QueueOptions {
+        QueueOptions {
+            queue_type,
+            delivery_limit: 5,
+            max_length: Some(100),
+        }
+    }
+
+    #[test]
+    fn names_follow_the_contract() {
+        let t = topology();
+        let q = QueueName::try_new("emails").unwrap();
+        let cases = [
+            (t.jobs_exchange(), "jp.jobs"),
+            (t.work_queue(&q), "jp.emails"),
+            (t.dead_exchange(), "jp.dead"),
+            (t.dead_queue(&q), "jp.emails.dead"),
+        ];
+        for (name, expected) in cases {
+            assert_eq!(name, expected);
+        }
+    }
+
+    #[test]
+    fn work_queues_dead_letter_at_least_once() {
+        let q = QueueName::default_queue();
+        let plan = topology().plan(std::slice::from_ref(&q), &options(QueueType::Quorum));
+        let work = &plan.queues[0];
+        assert_eq!(work.name, "jp.default");
+        let args = work.arguments.inner();
+        let expected = [
+            ("x-queue-type", text("quorum")),
+            ("x-delivery-limit", AMQPValue::LongLongInt(5)),
+            ("x-dead-letter-exchange", text("jp.dead")),
+            ("x-dead-letter-routing-key", text("default")),
+            ("x-dead-letter-strategy", text("at-least-once")),
+            ("x-overflow", text("reject-publish")),
+            ("x-max-length", AMQPValue::LongLongInt(100)),
+        ];
+        for (key, value) in expected {
+            assert_eq!(args.get(key), Some(&value), "{key}");
+        }
+        assert_eq!(plan.queues[1].name, "jp.default.dead");
+        assert_eq!(
+            plan.bindings,
+            vec![
+                Binding {
+                    source: "jp.jobs".into(),
+                    destination: Destination::Queue("jp.default".into()),
+                    routing_key: "default".into(),
+                },
+                Binding {
+                    source: "jp.dead".into(),
+                    destination: Destination::Queue("jp.default.dead".into()),
+                    routing_key: "default".into(),
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn classic_queues_carry_no_quorum_arguments() {
+        let plan = topology().plan(&[QueueName::default_queue()], &options(QueueType::Classic));
+        let args = plan.queues[0].arguments.inner();
+        assert_eq!(args.get("x-queue-type"), Some(&text("classic")));
+        assert!(!args.contains_key("x-delivery-limit"));
+        assert!(!args.contains_key("x-dead-letter-strategy"));
+    }
+}

@@ -1,0 +1,189 @@
+//! Broker settings both services share: where the broker is, how the link is supervised, and how
+//! the topology is named and declared.
+
+use jobpipe_proto::{
+    names::{Prefix, QueueName},
+    topology::{QueueOptions, QueueType, Topology},
+};
+use lapin::uri::AMQPUri;
+use serde::Deserialize;
+use std::{fmt, str::FromStr, time::Duration};
+
+/// How to reach the broker and how patiently.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AmqpConfig {
+    /// `amqp://user:password@host:port/vhost`. The password never appears in logs or errors.
+    pub url: AmqpUrl,
+    /// AMQP heartbeat: a dead link is noticed within about two of these.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat: Duration,
+    /// How long one connection attempt may take.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// How long a publish may wait for the broker's confirm before its outcome is called unknown.
+    #[serde(with = "humantime_serde")]
+    pub confirm_timeout: Duration,
+    /// How long lapin's automatic recovery may take before the connection is rebuilt from scratch.
+    #[serde(with = "humantime_serde")]
+    pub recovery_timeout: Duration,
+}
+
+impl Default for AmqpConfig {
+    fn default() -> Self {
+        Self {
+            url: AmqpUrl::local(),
+            heartbeat: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+            confirm_timeout: Duration::from_secs(10),
+            recovery_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Which broker objects a service declares, and how.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TopologyConfig {
+    /// The prefix of every exchange and queue name.
+    pub prefix: Prefix,
+    /// The work queues this service declares at start (the consumer also consumes them).
+    pub queues: Vec<QueueName>,
+    /// The work queues' type. Every service sharing a queue must agree.
+    pub queue_type: QueueType,
+    /// Deliveries of one message before the broker dead-letters it (quorum queues).
+    pub delivery_limit: u32,
+    /// The most ready messages a work queue holds; 0 = unbounded. Beyond it, submissions fail
+    /// with RESOURCE_EXHAUSTED.
+    pub max_length: u64,
+}
+
+impl Default for TopologyConfig {
+    fn default() -> Self {
+        Self {
+            prefix: Prefix::try_new("jobpipe").expect("the default prefix is valid"),
+            queues: vec![QueueName::default_queue()],
+            queue_type: QueueType::Quorum,
+            delivery_limit: 5,
+            max_length: 0,
+        }
+    }
+}
+
+impl TopologyConfig {
+    /// The names of this installation's broker objects.
+    pub fn topology(&self) -> Topology {
+        Topology::new(self.prefix.clone())
+    }
+
+    /// How work queues are declared.
+    pub fn queue_options(&self) -> QueueOptions {
+        QueueOptions {
+            queue_type: self.queue_type,
+            delivery_limit: self.delivery_limit,
+            max_length: (self.max_length > 0).then_some(self.max_length),
+        }
+    }
+}
+
+/// A broker URL whose password is redacted whenever it is printed.
+#[derive(Clone, Deserialize)]
+#[serde(try_from = "String")]
+pub struct AmqpUrl(AMQPUri);
+
+impl AmqpUrl {
+    /// The local broker with RabbitMQ's default credentials.
+    pub fn local() -> Self {
+        Self::from_str("amqp://guest:guest@127.0.0.1:5672/%2f").expect("the default URL is valid")
+    }
+
+    /// The parsed URI, for connecting. Never log it: lapin's types print the password.
+    pub(crate) fn uri(&self) -> &AMQPUri {
+        &self.0
+    }
+
+    /// Host and port, for logs and messages.
+    pub fn endpoint(&self) -> String {
+        format!("{}:{}", self.0.authority.host, self.0.authority.port)
+    }
+}
+
+impl FromStr for AmqpUrl {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        // The parser's own message may quote the URL, password included: say only what is wrong.
+        AMQPUri::from_str(value)
+            .map(Self)
+            .map_err(|_| "not a valid amqp:// or amqps:// URL".to_owned())
+    }
+}
+
+impl TryFrom<String> for AmqpUrl {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        value.parse()
+    }
+}
+
+impl fmt::Display for AmqpUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let uri = &self.0;
+        let user = &uri.authority.userinfo.username;
+        write!(
+            f,
+            "{}://{user}:***@{}/{}",
+            uri.scheme,
+            self.endpoint(),
+            uri.vhost
+        )
+    }
+}
+
+impl fmt::Debug for AmqpUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AmqpUrl({self})")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn printing_never_shows_the_password() {
+        let url: AmqpUrl = "amqp://app:s3cr3t-pw@broker:5673/prod".parse().unwrap();
+        for printed in [
+            url.to_string(),
+            format!("{url:?}"),
+            format!(
+                "{:?}",
+                AmqpConfig {
+                    url: url.clone(),
+                    ..AmqpConfig::default()
+                }
+            ),
+        ] {
+            assert!(!printed.contains("s3cr3t-pw"), "{printed}");
+            assert!(printed.contains("app:***@broker:5673"), "{printed}");
+        }
+    }
+
+    #[test]
+    fn parse_errors_do_not_quote_the_url() {
+        let error = "http://u:s3cr3t@h".parse::<AmqpUrl>().err().unwrap();
+        assert!(!error.contains("s3cr3t"));
+    }
+
+    #[test]
+    fn max_length_zero_means_unbounded() {
+        let config = TopologyConfig::default();
+        assert_eq!(config.queue_options().max_length, None);
+        let bounded = TopologyConfig {
+            max_length: 10,
+            ..config
+        };
+        assert_eq!(bounded.queue_options().max_length, Some(10));
+    }
+}

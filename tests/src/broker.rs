@@ -1,0 +1,203 @@
+//! The real broker, as tests see it: a unique topology per test that cleans up after itself, and
+//! a plain AMQP client to look inside queues without jobpipe in the way.
+
+use jobpipe_proto::{
+    names::{Prefix, QueueName},
+    topology::{Destination, QueueOptions, QueueType, Topology},
+};
+use jobpipe_runtime::amqp::{AmqpConfig, AmqpUrl, TopologyConfig};
+use lapin::{
+    BasicProperties, Channel, Connection, ConnectionProperties,
+    message::BasicGetMessage,
+    options::{BasicGetOptions, BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions},
+    types::FieldTable,
+};
+use std::time::Duration;
+
+/// The broker every test uses: `JOBPIPE_TEST_AMQP_URL`, or the local one.
+pub fn amqp_url() -> String {
+    std::env::var("JOBPIPE_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+}
+
+/// Broker settings for a service under test: the test broker, short timeouts.
+pub fn amqp_config() -> AmqpConfig {
+    AmqpConfig {
+        url: amqp_url().parse().unwrap_or_else(|_| AmqpUrl::local()),
+        heartbeat: Duration::from_secs(5),
+        connect_timeout: Duration::from_secs(2),
+        confirm_timeout: Duration::from_secs(5),
+        recovery_timeout: Duration::from_secs(20),
+    }
+}
+
+/// A topology of its own for one test, deleted (queues and exchanges) when dropped, pass or fail.
+#[derive(Debug)]
+pub struct TestTopology {
+    config: TopologyConfig,
+}
+
+impl TestTopology {
+    /// A fresh prefix, `t-{test}-{random}`, with the given work queues.
+    pub fn new(test: &str, queues: &[&str]) -> Self {
+        let prefix = format!("t-{test}-{:08x}", rand::random::<u32>());
+        Self {
+            config: TopologyConfig {
+                prefix: Prefix::try_new(prefix).expect("test prefixes are valid"),
+                queues: queues
+                    .iter()
+                    .map(|q| QueueName::try_new(*q).expect("test queue names are valid"))
+                    .collect(),
+                ..TopologyConfig::default()
+            },
+        }
+    }
+
+    /// The topology section for a service's configuration.
+    pub fn config(&self) -> TopologyConfig {
+        self.config.clone()
+    }
+
+    /// The names of this topology's objects.
+    pub fn names(&self) -> Topology {
+        self.config.topology()
+    }
+
+    /// `{prefix}.{queue}`.
+    pub fn work_queue(&self, queue: &str) -> String {
+        format!("{}.{queue}", self.config.prefix)
+    }
+
+    /// `{prefix}.{queue}.dead`.
+    pub fn dead_queue(&self, queue: &str) -> String {
+        format!("{}.{queue}.dead", self.config.prefix)
+    }
+
+    fn all_objects(&self) -> (Vec<String>, Vec<String>) {
+        let options = QueueOptions {
+            queue_type: QueueType::Quorum,
+            delivery_limit: 0,
+            max_length: None,
+        };
+        let plan = self.names().plan(&self.config.queues, &options);
+        let queues = plan.queues.into_iter().map(|q| q.name).collect();
+        let mut exchanges: Vec<String> = plan.exchanges.into_iter().map(|e| e.name).collect();
+        exchanges.extend(
+            plan.bindings
+                .into_iter()
+                .filter_map(|b| match b.destination {
+                    Destination::Exchange(name) => Some(name),
+                    Destination::Queue(_) => None,
+                }),
+        );
+        (queues, exchanges)
+    }
+}
+
+impl Drop for TestTopology {
+    fn drop(&mut self) {
+        let (queues, exchanges) = self.all_objects();
+        // Drop cannot await, and may run inside a runtime: clean up from a thread of its own.
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async move {
+                let probe = Probe::connect().await?;
+                for queue in &queues {
+                    probe.delete_queue(queue).await;
+                }
+                for exchange in &exchanges {
+                    let _ = probe
+                        .channel
+                        .exchange_delete(exchange.as_str().into(), Default::default())
+                        .await;
+                }
+                Ok::<_, lapin::Error>(())
+            })?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+        });
+        if let Ok(Err(error)) = cleanup.join() {
+            eprintln!("cleaning up the test topology failed: {error}");
+        }
+    }
+}
+
+/// A plain AMQP client on the test broker.
+#[derive(Debug)]
+pub struct Probe {
+    _connection: Connection,
+    /// A channel for anything the helpers do not cover.
+    pub channel: Channel,
+}
+
+impl Probe {
+    /// Connects to the test broker.
+    pub async fn connect() -> Result<Self, lapin::Error> {
+        let connection = Connection::connect(&amqp_url(), ConnectionProperties::default()).await?;
+        let channel = connection.create_channel().await?;
+        Ok(Self {
+            _connection: connection,
+            channel,
+        })
+    }
+
+    /// Ready messages in `queue` (which must exist).
+    pub async fn message_count(&self, queue: &str) -> u32 {
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        self.channel
+            .queue_declare(queue.into(), passive, FieldTable::default())
+            .await
+            .unwrap_or_else(|error| panic!("queue {queue} should exist: {error}"))
+            .message_count()
+    }
+
+    /// Takes one message from `queue` and acknowledges it.
+    pub async fn get(&self, queue: &str) -> Option<BasicGetMessage> {
+        let options = BasicGetOptions { no_ack: true };
+        self.channel
+            .basic_get(queue.into(), options)
+            .await
+            .unwrap_or_else(|error| panic!("basic.get on {queue}: {error}"))
+    }
+
+    /// Takes every message from `queue`.
+    pub async fn drain(&self, queue: &str) -> Vec<BasicGetMessage> {
+        let mut messages = Vec::new();
+        while let Some(message) = self.get(queue).await {
+            messages.push(message);
+        }
+        messages
+    }
+
+    /// Publishes raw bytes with `properties`, as any AMQP client could, and waits for the write.
+    pub async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) {
+        self.channel
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                BasicPublishOptions::default(),
+                body,
+                properties,
+            )
+            .await
+            .expect("publish");
+    }
+
+    /// Deletes `queue`, ignoring whether it existed.
+    pub async fn delete_queue(&self, queue: &str) {
+        let _ = self
+            .channel
+            .queue_delete(queue.into(), QueueDeleteOptions::default())
+            .await;
+    }
+}

@@ -1,0 +1,57 @@
+//! The harness jobpipe's integration tests share: the real broker with a topology per test
+//! ([`broker`]), services run in-process ([`producer`]) or as processes ([`process`]), a
+//! proxy to cut connections ([`proxy`]), and third-party clients ([`tools`]). Every wait is bounded by [`within`].
+
+pub mod broker;
+pub mod process;
+pub mod producer;
+pub mod proxy;
+pub mod tools;
+
+use std::{future::Future, net::SocketAddr, time::Duration};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Awaits `future`, failing the test with `what` if it takes longer than `limit`.
+pub async fn within<T>(limit: Duration, what: &str, future: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(limit, future).await {
+        Ok(value) => value,
+        Err(_) => panic!("timed out after {limit:?} waiting for {what}"),
+    }
+}
+
+/// Polls `condition` every 50 ms until it holds, failing the test after `limit`. For state that
+/// offers no event to await (a queue's message count).
+pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    within(limit, what, async {
+        while !condition().await {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+}
+
+/// A minimal HTTP/1.0 GET: the status code and body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    within(Duration::from_secs(5), "an HTTP answer", async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.expect("read");
+        let status = response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .expect("status line");
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_owned())
+            .unwrap_or_default();
+        (status, body)
+    })
+    .await
+}

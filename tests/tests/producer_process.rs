@@ -1,0 +1,80 @@
+//! The producer binary as operators run it: configuration errors, the config check, and SIGTERM.
+
+use jobpipe_proto::v1::{JobSpec, SubmitJobRequest, job_service_client::JobServiceClient};
+use jobpipe_tests::{
+    broker::{TestTopology, amqp_url},
+    eventually,
+    process::{Service, free_port, output},
+};
+use std::time::Duration;
+
+#[tokio::test]
+async fn bad_configuration_exits_64_with_one_line_naming_the_key() {
+    let cases = [
+        (
+            "JOBPIPE__LIMITS__MAX_BATCH_JOBS",
+            "lots",
+            "limits.max_batch_jobs",
+        ),
+        ("JOBPIPE__TOPOLOGY__QUEUES", "a,B.C", "topology.queues"),
+        (
+            "JOBPIPE__AMQP__URL",
+            "amqp://u:pw-secret@h:notaport",
+            "amqp.url",
+        ),
+    ];
+    for (key, value, named) in cases {
+        let (status, text) = output("jobpipe-producer", &["--check-config"], &[(key, value)]).await;
+        assert_eq!(status.code(), Some(64), "{key}={value}: {text}");
+        assert_eq!(text.trim().lines().count(), 1, "one line: {text}");
+        assert!(text.contains(named), "{text}");
+        assert!(!text.contains("pw-secret"), "{text}");
+    }
+    let (status, text) = output("jobpipe-producer", &["--check-config"], &[]).await;
+    assert_eq!(status.code(), Some(0), "{text}");
+}
+
+#[tokio::test]
+async fn sigterm_drains_and_exits_zero() {
+    let topology = TestTopology::new("sigterm", &["default"]);
+    let grpc = free_port();
+    let producer = Service::start(
+        "jobpipe-producer",
+        &[],
+        &[
+            ("JOBPIPE__AMQP__URL", amqp_url()),
+            (
+                "JOBPIPE__TOPOLOGY__PREFIX",
+                topology.config().prefix.to_string(),
+            ),
+            ("JOBPIPE__GRPC__LISTEN", grpc.to_string()),
+            ("JOBPIPE__ADMIN__LISTEN", free_port().to_string()),
+            ("JOBPIPE__SHUTDOWN__GRACE_PERIOD", "5s".into()),
+        ],
+    );
+    let endpoint = format!("http://{grpc}");
+    eventually(
+        Duration::from_secs(20),
+        "the producer to accept a job",
+        || {
+            let endpoint = endpoint.clone();
+            async move {
+                let Ok(mut client) = JobServiceClient::connect(endpoint).await else {
+                    return false;
+                };
+                let job = JobSpec {
+                    r#type: "noop".into(),
+                    ..JobSpec::default()
+                };
+                client
+                    .submit_job(SubmitJobRequest { job: Some(job) })
+                    .await
+                    .is_ok()
+            }
+        },
+    )
+    .await;
+    producer.signal("TERM");
+    let status = producer.exit(Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(0), "{status:?}");
+}
