@@ -1,0 +1,35 @@
+# jobpipe's two commands are `make run` and `make test`; CI runs `make ci`.
+CARGO ?= cargo
+
+.PHONY: run test ci lint broker tools build
+
+## run: the pipeline on this machine, with a demo (Ctrl-C stops it)
+run: broker tools
+	deploy/local/run.sh
+
+## test: unit and integration tests against a real RabbitMQ (started if needed)
+test: broker tools build
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		$(CARGO) nextest run --workspace --no-fail-fast; \
+	else \
+		$(CARGO) test --workspace --no-fail-fast; \
+	fi
+	$(CARGO) test --workspace --doc
+
+## ci: lint, then test
+ci: lint test
+
+## lint: formatting and clippy, warnings are errors
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## build: every binary (process-level tests run them)
+build:
+	$(CARGO) build --workspace --bins
+
+broker:
+	deploy/local/ensure-broker.sh
+
+tools:
+	tests/tools/install.sh
