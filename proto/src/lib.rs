@@ -1,7 +1,11 @@
 //! The jobpipe wire contract, shared by every service and client: the gRPC API ([`v1`]), the
-//! names of broker objects ([`topology`]) and headers ([`headers`]), validated names ([`names`]), metadata rules ([`metadata`]),
-//! and how a job is written onto an AMQP message ([`job`]). Pure: no I/O happens here.
+//! names of broker objects ([`topology`]) and headers ([`headers`]), the delay ladder's
+//! arithmetic ([`delay`]), validated names ([`names`]), metadata rules ([`metadata`]),
+//! how a job is written onto an AMQP message ([`job`]), and
+//! the failure record a failed job carries ([`failure`]). Pure: no I/O happens here.
 
+pub mod delay;
+pub mod failure;
 pub mod headers;
 pub mod job;
 pub mod metadata;

@@ -5,9 +5,17 @@
 //! {prefix}.jobs  --(routing key = queue)-->  {prefix}.{queue}  (quorum, delivery limit)
 //!                                                 | broker dead-lettering (at-least-once)
 //! {prefix}.dead  --(routing key = queue)-->  {prefix}.{queue}.dead
+//!
+//! {prefix}.delay.27 .. {prefix}.delay.00  (the delay ladder, see `delay`)
+//!        --> {prefix}.delay.deliver --(#.queue)--> {prefix}.{queue}
+//!                   | unroutable (queue deleted while the job waited)
+//!                   +--> {prefix}.delay.unroutable
 //! ```
 
-use crate::names::{Prefix, QueueName};
+use crate::{
+    delay::{self, LEVELS},
+    names::{Prefix, QueueName},
+};
 use amq_protocol::types::{AMQPValue, FieldTable, LongString};
 use serde::Deserialize;
 
@@ -54,12 +62,14 @@ pub struct Plan {
 }
 
 /// A durable exchange.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Exchange {
     /// Full name.
     pub name: String,
     /// Routing behaviour.
     pub kind: ExchangeKind,
+    /// Declaration arguments.
+    pub arguments: FieldTable,
 }
 
 /// The exchange types jobpipe uses.
@@ -69,6 +79,8 @@ pub enum ExchangeKind {
     Direct,
     /// Routes on routing-key patterns.
     Topic,
+    /// Routes everything to every binding.
+    Fanout,
 }
 
 /// A durable queue and its `x-` arguments.
@@ -131,21 +143,34 @@ impl Topology {
         format!("{}.{queue}.dead", self.prefix)
     }
 
-    /// The objects serving `queues`, declared with `options`.
+    /// `{prefix}.delay.NN`: level `level`'s exchange, and its queue, which holds messages
+    /// 2^level seconds.
+    pub fn delay_level(&self, level: u8) -> String {
+        format!("{}.delay.{level:02}", self.prefix)
+    }
+
+    /// `{prefix}.delay.deliver`: below level 0, bound to each work queue with `#.<queue>`.
+    pub fn delay_deliver_exchange(&self) -> String {
+        format!("{}.delay.deliver", self.prefix)
+    }
+
+    /// `{prefix}.delay.unroutable`: the fanout exchange and queue catching delayed jobs whose
+    /// queue no longer exists, so they neither vanish nor stall their level.
+    pub fn delay_unroutable(&self) -> String {
+        format!("{}.delay.unroutable", self.prefix)
+    }
+
+    /// The objects serving `queues`, declared with `options`: the jobs and dead-letter
+    /// exchanges, each queue with its dead queue, and the delay ladder.
     pub fn plan(&self, queues: &[QueueName], options: &QueueOptions) -> Plan {
         let mut plan = Plan {
             exchanges: vec![
-                Exchange {
-                    name: self.jobs_exchange(),
-                    kind: ExchangeKind::Direct,
-                },
-                Exchange {
-                    name: self.dead_exchange(),
-                    kind: ExchangeKind::Direct,
-                },
+                exchange(self.jobs_exchange(), ExchangeKind::Direct),
+                exchange(self.dead_exchange(), ExchangeKind::Direct),
             ],
             ..Plan::default()
         };
+        self.plan_ladder(&mut plan, options.queue_type);
         for queue in queues {
             plan.queues.push(Queue {
                 name: self.work_queue(queue),
@@ -165,8 +190,67 @@ impl Topology {
                 destination: Destination::Queue(self.dead_queue(queue)),
                 routing_key: queue.to_string(),
             });
+            plan.bindings.push(Binding {
+                source: self.delay_deliver_exchange(),
+                destination: Destination::Queue(self.work_queue(queue)),
+                routing_key: delay::deliver_pattern(queue),
+            });
         }
         plan
+    }
+
+    /// The 28 levels, from the top down, then the delivery exchange and its catch-all.
+    fn plan_ladder(&self, plan: &mut Plan, queue_type: QueueType) {
+        for level in (0..LEVELS).rev() {
+            let name = self.delay_level(level);
+            let below = match level {
+                0 => self.delay_deliver_exchange(),
+                _ => self.delay_level(level - 1),
+            };
+            let mut arguments = type_argument(queue_type);
+            arguments.insert(
+                "x-message-ttl".into(),
+                AMQPValue::LongLongInt(1000 << level),
+            );
+            // Expired messages fall to the level below with their routing key unchanged.
+            arguments.insert("x-dead-letter-exchange".into(), text(&below));
+            if queue_type == QueueType::Quorum {
+                arguments.insert("x-dead-letter-strategy".into(), text("at-least-once"));
+                arguments.insert("x-overflow".into(), text("reject-publish"));
+            }
+            plan.exchanges
+                .push(exchange(name.clone(), ExchangeKind::Topic));
+            plan.queues.push(Queue {
+                name: name.clone(),
+                arguments,
+            });
+            plan.bindings.push(Binding {
+                source: name.clone(),
+                destination: Destination::Queue(name.clone()),
+                routing_key: delay::hold_pattern(level),
+            });
+            plan.bindings.push(Binding {
+                source: name,
+                destination: Destination::Exchange(below),
+                routing_key: delay::pass_pattern(level),
+            });
+        }
+        let mut deliver = exchange(self.delay_deliver_exchange(), ExchangeKind::Topic);
+        deliver
+            .arguments
+            .insert("alternate-exchange".into(), text(&self.delay_unroutable()));
+        plan.exchanges.push(deliver);
+        plan.exchanges
+            .push(exchange(self.delay_unroutable(), ExchangeKind::Fanout));
+        plan.queues.push(Queue {
+            name: self.delay_unroutable(),
+            arguments: type_argument(queue_type),
+        });
+        plan.bindings.push(Binding {
+            source: self.delay_unroutable(),
+            destination: Destination::Queue(self.delay_unroutable()),
+            routing_key: String::new(),
+        });
     }
 
     fn work_queue_arguments(&self, queue: &QueueName, options: &QueueOptions) -> FieldTable {
@@ -192,6 +276,14 @@ impl Topology {
             );
         }
         arguments
+    }
+}
+
+fn exchange(name: String, kind: ExchangeKind) -> Exchange {
+    Exchange {
+        name,
+        kind,
+        arguments: FieldTable::default(),
     }
 }
 
@@ -244,8 +336,7 @@ mod tests {
     fn work_queues_dead_letter_at_least_once() {
         let q = QueueName::default_queue();
         let plan = topology().plan(std::slice::from_ref(&q), &options(QueueType::Quorum));
-        let work = &plan.queues[0];
-        assert_eq!(work.name, "jp.default");
+        let work = plan.queues.iter().find(|q| q.name == "jp.default").unwrap();
         let args = work.arguments.inner();
         let expected = [
             ("x-queue-type", text("quorum")),
@@ -259,28 +350,80 @@ mod tests {
         for (key, value) in expected {
             assert_eq!(args.get(key), Some(&value), "{key}");
         }
-        assert_eq!(plan.queues[1].name, "jp.default.dead");
+        assert!(plan.queues.iter().any(|q| q.name == "jp.default.dead"));
+        for binding in [
+            Binding {
+                source: "jp.jobs".into(),
+                destination: Destination::Queue("jp.default".into()),
+                routing_key: "default".into(),
+            },
+            Binding {
+                source: "jp.dead".into(),
+                destination: Destination::Queue("jp.default.dead".into()),
+                routing_key: "default".into(),
+            },
+            Binding {
+                source: "jp.delay.deliver".into(),
+                destination: Destination::Queue("jp.default".into()),
+                routing_key: "#.default".into(),
+            },
+        ] {
+            assert!(plan.bindings.contains(&binding), "{binding:?}");
+        }
+    }
+
+    #[test]
+    fn the_ladder_falls_level_by_level_to_delivery() {
+        let plan = topology().plan(&[], &options(QueueType::Quorum));
+        let level = |l: u8| {
+            plan.queues
+                .iter()
+                .find(|q| q.name == format!("jp.delay.{l:02}"))
+                .unwrap()
+        };
+        let cases = [
+            (27, 134_217_728_000, "jp.delay.26"),
+            (3, 8000, "jp.delay.02"),
+            (0, 1000, "jp.delay.deliver"),
+        ];
+        for (l, ttl, below) in cases {
+            let args = level(l).arguments.inner();
+            assert_eq!(
+                args.get("x-message-ttl"),
+                Some(&AMQPValue::LongLongInt(ttl)),
+                "level {l}"
+            );
+            assert_eq!(
+                args.get("x-dead-letter-exchange"),
+                Some(&text(below)),
+                "level {l}"
+            );
+            assert_eq!(
+                args.get("x-dead-letter-strategy"),
+                Some(&text("at-least-once"))
+            );
+            assert!(
+                !args.contains_key("x-dead-letter-routing-key"),
+                "keys travel unchanged"
+            );
+        }
+        let deliver = plan
+            .exchanges
+            .iter()
+            .find(|e| e.name == "jp.delay.deliver")
+            .unwrap();
         assert_eq!(
-            plan.bindings,
-            vec![
-                Binding {
-                    source: "jp.jobs".into(),
-                    destination: Destination::Queue("jp.default".into()),
-                    routing_key: "default".into(),
-                },
-                Binding {
-                    source: "jp.dead".into(),
-                    destination: Destination::Queue("jp.default.dead".into()),
-                    routing_key: "default".into(),
-                },
-            ]
+            deliver.arguments.inner().get("alternate-exchange"),
+            Some(&text("jp.delay.unroutable"))
         );
+        assert_eq!(plan.queues.len(), 28 + 1);
     }
 
     #[test]
     fn classic_queues_carry_no_quorum_arguments() {
         let plan = topology().plan(&[QueueName::default_queue()], &options(QueueType::Classic));
-        let args = plan.queues[0].arguments.inner();
+        let work = plan.queues.iter().find(|q| q.name == "jp.default").unwrap();
+        let args = work.arguments.inner();
         assert_eq!(args.get("x-queue-type"), Some(&text("classic")));
         assert!(!args.contains_key("x-delivery-limit"));
         assert!(!args.contains_key("x-dead-letter-strategy"));

@@ -45,13 +45,14 @@ pub async fn declare(channel: &Channel, plan: &Plan) -> Result<(), TopologyError
         let kind = match exchange.kind {
             ExchangeKind::Direct => lapin::ExchangeKind::Direct,
             ExchangeKind::Topic => lapin::ExchangeKind::Topic,
+            ExchangeKind::Fanout => lapin::ExchangeKind::Fanout,
         };
         channel
             .exchange_declare(
                 exchange.name.as_str().into(),
                 kind,
                 durable_exchange,
-                FieldTable::default(),
+                exchange.arguments.clone(),
             )
             .await
             .map_err(|error| refusal(format!("exchange '{}'", exchange.name), &error))?;
