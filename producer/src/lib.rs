@@ -3,7 +3,8 @@
 //!
 //! - [`config`]: the one `Config`.
 //! - [`submission`]: checking a client's job and filling in defaults.
-//! - [`service`]: the `JobService` RPCs, publishing with confirms.
+//! - [`service`]: the `JobService` RPCs, publishing with confirms (scheduled jobs into the
+//!   delay ladder, after [`queues`] confirms their destination exists).
 //! - [`error`]: why a job was refused, and its gRPC status (mapped in one place).
 //! - [`metrics`]: what `/metrics` shows.
 //! - [`Producer`] (here): binds the ports and runs everything until shutdown.
@@ -11,6 +12,7 @@
 pub mod config;
 pub mod error;
 pub mod metrics;
+pub mod queues;
 pub mod service;
 pub mod submission;
 
@@ -133,7 +135,8 @@ impl Producer {
         let jobs = JobServiceServer::new(JobService::new(
             link.clone(),
             Rules::new(config.limits.clone(), config.jobs.clone()),
-            topology.jobs_exchange(),
+            topology,
+            config.topology.queues.clone(),
             metrics,
         ))
         .max_decoding_message_size(config.grpc.max_request_bytes);

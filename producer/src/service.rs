@@ -4,11 +4,14 @@
 use crate::{
     error::SubmitError,
     metrics::{Method, Outcome, ProducerMetrics},
+    queues::KnownQueues,
     submission::{Rules, Submission},
 };
 use futures::future::join_all;
 use jobpipe_proto::{
+    delay::LEVELS,
     names::{JobId, QueueName},
+    topology::Topology,
     v1::{
         JobResult, JobSpec, SubmitJobRequest, SubmitJobResponse, SubmitJobsRequest,
         SubmitJobsResponse, job_service_server,
@@ -34,17 +37,31 @@ struct Inner {
     rules: Rules,
     /// `{prefix}.jobs`, built once: every publish needs it.
     jobs_exchange: ShortString,
+    /// `{prefix}.delay.NN` by level, for scheduled jobs.
+    delay_levels: Vec<ShortString>,
+    queues: KnownQueues,
     metrics: ProducerMetrics,
 }
 
 impl JobService {
-    /// A service publishing through `link` to `jobs_exchange`.
-    pub fn new(link: Link, rules: Rules, jobs_exchange: String, metrics: ProducerMetrics) -> Self {
+    /// A service publishing through `link` to the exchanges of `topology`; `configured` are the
+    /// queues it declared itself.
+    pub fn new(
+        link: Link,
+        rules: Rules,
+        topology: Topology,
+        configured: Vec<QueueName>,
+        metrics: ProducerMetrics,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 link,
                 rules,
-                jobs_exchange: jobs_exchange.into(),
+                jobs_exchange: topology.jobs_exchange().into(),
+                delay_levels: (0..LEVELS)
+                    .map(|level| topology.delay_level(level).into())
+                    .collect(),
+                queues: KnownQueues::new(topology, configured),
                 metrics,
             }),
         }
@@ -165,24 +182,41 @@ impl Inner {
     ) -> Result<JobId, SubmitError> {
         let Submission {
             queue,
-            delay: _,
+            delay,
             properties,
             payload,
         } = submission;
+        // A scheduled job goes into the delay ladder at the level of its delay's highest bit.
+        // The ladder routes it whatever its destination, so the destination is checked first.
+        let (exchange, routing_key) = match delay {
+            None => (self.jobs_exchange.clone(), queue.as_str().into()),
+            Some(delay) => {
+                match self.queues.exists(session, &queue).await {
+                    Ok(true) => {}
+                    Ok(false) => return self.refused(queue, PublishError::Unroutable),
+                    Err(error) => return self.refused(queue, error),
+                }
+                let level = usize::from(delay.entry_level());
+                (
+                    self.delay_levels[level].clone(),
+                    delay.routing_key(&queue).into(),
+                )
+            }
+        };
         let started = Instant::now();
         let published = session
             .publisher()
-            .publish(
-                self.jobs_exchange.clone(),
-                queue.as_str().into(),
-                &payload,
-                properties.encode(),
-            )
+            .publish(exchange, routing_key, &payload, properties.encode())
             .await;
         self.record(&queue, published, started);
         published
             .map(|()| properties.id)
             .map_err(|error| SubmitError::from_publish(error, &queue))
+    }
+
+    fn refused(&self, queue: QueueName, error: PublishError) -> Result<JobId, SubmitError> {
+        self.record(&queue, Err(error), Instant::now());
+        Err(SubmitError::from_publish(error, &queue))
     }
 
     fn record(&self, queue: &QueueName, published: Result<(), PublishError>, started: Instant) {

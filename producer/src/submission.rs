@@ -5,6 +5,7 @@ use crate::{
     error::SubmitError,
 };
 use jobpipe_proto::{
+    delay::LadderDelay,
     job::JobProperties,
     metadata,
     names::{JobId, JobType, NameError, QueueName},
@@ -22,8 +23,8 @@ const MAX_CONTENT_TYPE_LEN: usize = 128;
 pub struct Submission {
     /// Where the job goes.
     pub queue: QueueName,
-    /// How long the job waits before it becomes due (zero: at once).
-    pub delay: Duration,
+    /// How long the job waits in the delay ladder before it becomes due (`None`: at once).
+    pub delay: Option<LadderDelay>,
     /// The job's AMQP properties.
     pub properties: JobProperties,
     /// The payload, unchanged.
@@ -83,7 +84,7 @@ impl Rules {
                 max_attempts,
                 timeout,
                 submitted_at: now,
-                due_at: now + delay,
+                due_at: now + delay.map_or(Duration::ZERO, LadderDelay::duration),
                 metadata: spec.metadata.into_iter().collect(),
             },
             payload: spec.payload,
@@ -119,19 +120,16 @@ impl Rules {
     }
 }
 
-fn delay(asked: Option<prost_types::Duration>) -> Result<Duration, SubmitError> {
-    match asked.map(Duration::try_from) {
-        None => Ok(Duration::ZERO),
-        Some(Ok(delay)) if delay.is_zero() => Ok(delay),
-        Some(Ok(_)) => Err(SubmitError::Invalid {
-            field: "delay",
-            reason: "scheduled jobs are not supported yet".into(),
-        }),
-        Some(Err(_)) => Err(SubmitError::Invalid {
-            field: "delay",
-            reason: "must not be negative".into(),
-        }),
-    }
+fn delay(asked: Option<prost_types::Duration>) -> Result<Option<LadderDelay>, SubmitError> {
+    let invalid = |reason: String| SubmitError::Invalid {
+        field: "delay",
+        reason,
+    };
+    let Some(asked) = asked else {
+        return Ok(None);
+    };
+    let delay = Duration::try_from(asked).map_err(|_| invalid("must not be negative".into()))?;
+    LadderDelay::from_duration(delay).map_err(|error| invalid(error.to_string()))
 }
 
 fn content_type(asked: String) -> Result<String, SubmitError> {
@@ -216,6 +214,21 @@ mod tests {
         assert_eq!(job.properties.submitted_at, now);
         assert!(JobId::try_new(job.properties.id.as_str()).is_ok());
         assert_eq!(job.payload, b"hello");
+    }
+
+    #[test]
+    fn a_delay_is_rounded_up_and_makes_the_job_due_later() {
+        let now = SystemTime::now();
+        let spec = JobSpec {
+            delay: Some(prost_types::Duration {
+                seconds: 2,
+                nanos: 1,
+            }),
+            ..spec()
+        };
+        let job = rules().check(spec, now).unwrap();
+        assert_eq!(job.delay.map(LadderDelay::secs), Some(3));
+        assert_eq!(job.properties.due_at, now + Duration::from_secs(3));
     }
 
     #[test]
