@@ -1,0 +1,209 @@
+//! The jobpipe consumer: takes jobs from RabbitMQ queues, runs their handlers, and settles every
+//! delivery exactly once — acknowledged on success, re-published through the delay ladder with
+//! backoff on a transient failure, or dead-lettered with its failure record.
+//!
+//! - [`config`]: the one `Config`.
+//! - [`handler`]: the [`Handler`] trait, the one extension point, and the [`Handlers`] registry.
+//! - [`builtin`]: the handlers the binary ships (`noop`, `sleep`, `fail`, `crash`).
+//! - [`subscription`]: consuming a queue across reconnects, under the concurrency limit.
+//! - [`worker`]: one delivery's life, from decoding to settlement.
+//! - [`outcome`] and [`retry`]: the pure retry decision and backoff schedule.
+//! - [`inbound`]: a delivery that can be settled only once.
+//! - [`context`], [`metrics`]: shared state and what `/metrics` shows.
+//! - [`Consumer`] (here): binds the admin port and runs everything until shutdown.
+//!
+//! To embed the consumer, build [`Handlers`], then `Consumer::bind(config, handlers)` and `run`.
+
+pub mod builtin;
+pub mod config;
+pub mod context;
+pub mod handler;
+pub mod inbound;
+pub mod metrics;
+pub mod outcome;
+pub mod retry;
+pub mod subscription;
+pub mod worker;
+
+pub use handler::{Handler, Handlers, Job, JobError};
+
+use crate::{
+    config::Config,
+    context::Context,
+    metrics::ConsumerMetrics,
+    retry::{RetryPolicy, RetryPolicyError},
+    subscription::Workers,
+};
+use jobpipe_runtime::{
+    admin::{Admin, AdminState},
+    amqp::{Link, LinkError},
+    readiness,
+};
+use prometheus_client::registry::Registry;
+use std::{io, net::SocketAddr, sync::Arc};
+use tokio::{sync::Semaphore, task::JoinSet};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::{info, warn};
+
+/// Why the consumer could not start or keep running.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumerError {
+    /// The admin port could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The retry settings are invalid.
+    #[error("{}: {error}", error.key())]
+    Retry {
+        /// What is wrong.
+        #[from]
+        error: RetryPolicyError,
+    },
+    /// The broker's objects disagree with the configuration: a restart will not help.
+    #[error("topology: {0}")]
+    Topology(Arc<LinkError>),
+}
+
+/// A consumer with its admin port bound, ready to run.
+#[derive(Debug)]
+pub struct Consumer {
+    config: Config,
+    handlers: Handlers,
+    admin: Admin,
+}
+
+impl Consumer {
+    /// Binds the admin port (port 0 picks a free one).
+    pub async fn bind(config: Config, handlers: Handlers) -> Result<Self, ConsumerError> {
+        let addr = config.admin.listen;
+        let admin = Admin::bind(addr)
+            .await
+            .map_err(|source| ConsumerError::Bind { addr, source })?;
+        Ok(Self {
+            config,
+            handlers,
+            admin,
+        })
+    }
+
+    /// The bound admin address.
+    pub fn admin_addr(&self) -> io::Result<SocketAddr> {
+        self.admin.local_addr()
+    }
+
+    /// Consumes until `shutdown` is cancelled, then drains: subscriptions are cancelled and
+    /// unstarted deliveries returned, running jobs finish within the grace period, and the
+    /// broker connection closes last (returning anything still unsettled to its queue).
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), ConsumerError> {
+        let Self {
+            config,
+            handlers,
+            admin,
+        } = self;
+        let retry = RetryPolicy::try_new(&config.retry)?;
+        let topology = config.topology.topology();
+        let plan = topology.plan(&config.topology.queues, &config.topology.queue_options());
+        let link_shutdown = CancellationToken::new();
+        let instance = config.instance();
+        let (link, link_task) = Link::spawn(
+            config.amqp.clone(),
+            plan,
+            instance.clone(),
+            link_shutdown.clone(),
+        );
+
+        let mut registry = Registry::default();
+        let metrics = ConsumerMetrics::register(
+            &mut registry,
+            config.topology.queues.iter().map(|q| q.as_str()),
+            handlers.types().map(|t| t.as_str()),
+        );
+        let ready = readiness::track(&link, shutdown.clone(), metrics.broker_connected.clone());
+        let admin_shutdown = CancellationToken::new();
+        let admin_task = tokio::spawn(admin.serve(
+            AdminState {
+                ready,
+                registry: Arc::new(registry),
+            },
+            admin_shutdown.clone(),
+        ));
+
+        let workers = Workers {
+            ctx: Arc::new(Context::new(
+                link.clone(),
+                handlers,
+                retry,
+                instance,
+                metrics,
+                topology,
+            )),
+            permits: Arc::new(Semaphore::new(config.consumer.concurrency)),
+            tracker: TaskTracker::new(),
+        };
+        let mut subscriptions = JoinSet::new();
+        for queue in &config.topology.queues {
+            subscriptions.spawn(subscription::consume(
+                queue.clone(),
+                config.consumer.prefetch,
+                workers.clone(),
+                shutdown.clone(),
+            ));
+        }
+        info!(queues = ?config.topology.queues, "Consumer started.");
+
+        let outcome = tokio::select! {
+            fatal = link.wait_first_up() => match fatal {
+                Err(error) => Err(ConsumerError::Topology(error)),
+                Ok(_) => {
+                    shutdown.cancelled().await;
+                    Ok(())
+                }
+            },
+            () = shutdown.cancelled() => Ok(()),
+        };
+        shutdown.cancel();
+        while subscriptions.join_next().await.is_some() {}
+        drain(&workers.tracker, &config).await;
+        link_shutdown.cancel();
+        admin_shutdown.cancel();
+        let _ = link_task.await;
+        let _ = admin_task.await;
+        info!("Consumer stopped.");
+        outcome
+    }
+}
+
+/// Runs a consumer with `config` and `handlers` until `shutdown`.
+pub async fn run(
+    config: Config,
+    handlers: Handlers,
+    shutdown: CancellationToken,
+) -> Result<(), ConsumerError> {
+    Consumer::bind(config, handlers).await?.run(shutdown).await
+}
+
+/// Gives running jobs the grace period to finish.
+async fn drain(tracker: &TaskTracker, config: &Config) {
+    tracker.close();
+    if tracker.is_empty() {
+        return;
+    }
+    info!(
+        running = tracker.len(),
+        grace_period = ?config.shutdown.grace_period,
+        "Waiting for running jobs."
+    );
+    if tokio::time::timeout(config.shutdown.grace_period, tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            abandoned = tracker.len(),
+            "Grace period over; unfinished jobs go back to their queue."
+        );
+    }
+}

@@ -1,0 +1,188 @@
+//! The consumer's Prometheus metrics. Labels are bounded: queues are the configured ones and job
+//! types the registered ones (anything else is `unknown`); never job ids.
+
+use jobpipe_proto::failure::FailureKind;
+use jobpipe_runtime::{label_enum, metrics::latency_buckets};
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, linear_buckets},
+    },
+    registry::Registry,
+};
+use std::time::Duration;
+
+label_enum! {
+    /// How a job's delivery ended.
+    pub enum Outcome {
+        /// The handler succeeded; acknowledged.
+        Succeeded => "succeeded",
+        /// Re-published for another attempt; acknowledged.
+        Retried => "retried",
+        /// Published to the dead-letter queue; acknowledged.
+        DeadLettered => "dead_lettered",
+        /// Handed back to the broker (the retry or dead-letter publish failed, or the delivery
+        /// predates a reconnect): it will be delivered again.
+        Returned => "returned",
+    }
+}
+
+/// The label value for a job type or queue outside the registered set.
+pub const UNKNOWN: &str = "unknown";
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JobLabels {
+    queue: &'static str,
+    r#type: &'static str,
+    outcome: Outcome,
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HandlerLabels {
+    queue: &'static str,
+    r#type: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueLabels {
+    queue: &'static str,
+}
+
+/// Every metric the consumer exports.
+#[derive(Debug, Clone)]
+pub struct ConsumerMetrics {
+    /// The label values allowed (configured queues, registered types), interned for the
+    /// process's life so that labelling a job costs no allocation.
+    known: Vec<&'static str>,
+    jobs: Family<JobLabels, Counter>,
+    handler_seconds: Family<HandlerLabels, Histogram>,
+    queue_wait_seconds: Family<QueueLabels, Histogram>,
+    attempts: Family<QueueLabels, Histogram>,
+    redeliveries: Family<QueueLabels, Counter>,
+    /// Jobs whose handler is running now.
+    pub in_flight: Gauge,
+    /// 1 while the broker link is up.
+    pub broker_connected: Gauge,
+}
+
+impl ConsumerMetrics {
+    /// Creates the metrics for `queues` and `types`, registered in `registry`.
+    pub fn register<'a>(
+        registry: &mut Registry,
+        queues: impl IntoIterator<Item = &'a str>,
+        types: impl IntoIterator<Item = &'a str>,
+    ) -> Self {
+        let known = queues
+            .into_iter()
+            .chain(types)
+            .map(|name| &*Box::leak(name.to_owned().into_boxed_str()))
+            .collect();
+        let metrics = Self {
+            known,
+            jobs: Family::default(),
+            handler_seconds: Family::new_with_constructor(|| Histogram::new(latency_buckets())),
+            queue_wait_seconds: Family::new_with_constructor(|| Histogram::new(latency_buckets())),
+            attempts: Family::new_with_constructor(|| Histogram::new(linear_buckets(1.0, 1.0, 25))),
+            redeliveries: Family::default(),
+            in_flight: Gauge::default(),
+            broker_connected: Gauge::default(),
+        };
+        registry.register(
+            "jobpipe_consumer_jobs",
+            "Deliveries settled, by queue, job type, outcome and reason (the failure kind)",
+            metrics.jobs.clone(),
+        );
+        registry.register(
+            "jobpipe_consumer_handler_seconds",
+            "Time handlers took per attempt",
+            metrics.handler_seconds.clone(),
+        );
+        registry.register(
+            "jobpipe_consumer_queue_wait_seconds",
+            "Time from when an attempt was due to when its handler started",
+            metrics.queue_wait_seconds.clone(),
+        );
+        registry.register(
+            "jobpipe_consumer_attempts",
+            "Attempts a job took, counted when it finished (succeeded or dead-lettered)",
+            metrics.attempts.clone(),
+        );
+        registry.register(
+            "jobpipe_consumer_redeliveries",
+            "Deliveries the broker marked as redelivered (a consumer died or returned them)",
+            metrics.redeliveries.clone(),
+        );
+        registry.register(
+            "jobpipe_consumer_jobs_in_flight",
+            "Jobs whose handler is running",
+            metrics.in_flight.clone(),
+        );
+        registry.register(
+            "jobpipe_broker_connected",
+            "Whether the broker link is up (1) or down (0)",
+            metrics.broker_connected.clone(),
+        );
+        metrics
+    }
+
+    /// Counts a settled delivery. `reason` is the failure kind, if the attempt failed.
+    pub fn job(&self, queue: &str, job_type: &str, outcome: Outcome, reason: Option<FailureKind>) {
+        self.jobs
+            .get_or_create(&JobLabels {
+                queue: self.intern(queue),
+                r#type: self.intern(job_type),
+                outcome,
+                reason: reason.map_or("", FailureKind::as_str),
+            })
+            .inc();
+    }
+
+    /// Records an attempt's handler time.
+    pub fn handler_time(&self, queue: &str, job_type: &str, elapsed: Duration) {
+        self.handler_seconds
+            .get_or_create(&HandlerLabels {
+                queue: self.intern(queue),
+                r#type: self.intern(job_type),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Records how long an attempt waited after it was due.
+    pub fn queue_wait(&self, queue: &str, waited: Duration) {
+        self.queue_wait_seconds
+            .get_or_create(&self.queue_labels(queue))
+            .observe(waited.as_secs_f64());
+    }
+
+    /// Records the attempts of a job that finished.
+    pub fn finished_after(&self, queue: &str, attempts: u32) {
+        self.attempts
+            .get_or_create(&self.queue_labels(queue))
+            .observe(f64::from(attempts));
+    }
+
+    /// Counts a redelivery.
+    pub fn redelivered(&self, queue: &str) {
+        self.redeliveries
+            .get_or_create(&self.queue_labels(queue))
+            .inc();
+    }
+
+    fn queue_labels(&self, queue: &str) -> QueueLabels {
+        QueueLabels {
+            queue: self.intern(queue),
+        }
+    }
+
+    fn intern(&self, name: &str) -> &'static str {
+        self.known
+            .iter()
+            .find(|known| **known == name)
+            .copied()
+            .unwrap_or(UNKNOWN)
+    }
+}

@@ -1,0 +1,213 @@
+//! Consuming one queue for the consumer's whole life: subscribe whenever the link is up, hand each
+//! delivery to a job task under the concurrency limit, resubscribe after the connection is
+//! rebuilt, and on shutdown cancel the subscription and return what was never started.
+
+use crate::{context::Context, inbound::Inbound, worker};
+use futures::StreamExt;
+use jobpipe_proto::names::QueueName;
+use jobpipe_runtime::amqp::{LinkState, Session};
+use lapin::{
+    Channel,
+    options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions},
+    types::FieldTable,
+};
+use std::{sync::Arc, time::Duration};
+use tokio::sync::{Semaphore, watch};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::{debug, info, warn};
+
+/// How long a cancelled subscription waits for deliveries still on their way before it stops.
+const CANCEL_DRAIN: Duration = Duration::from_secs(2);
+/// The pause before retrying a subscription the broker refused.
+const RESUBSCRIBE_PAUSE: Duration = Duration::from_secs(1);
+
+/// What the consumer's queues share: where job tasks run and how many at once.
+#[derive(Debug, Clone)]
+pub struct Workers {
+    /// Shared state of job tasks.
+    pub ctx: Arc<Context>,
+    /// One permit per job allowed to run at once.
+    pub permits: Arc<Semaphore>,
+    /// Tracks running jobs, so shutdown can wait for them.
+    pub tracker: TaskTracker,
+}
+
+/// Consumes `queue` until `shutdown`, with `prefetch` deliveries in flight from the broker.
+pub async fn consume(
+    queue: QueueName,
+    prefetch: u16,
+    workers: Workers,
+    shutdown: CancellationToken,
+) {
+    let mut states = workers.ctx.link.watch();
+    let tag = format!("{}/{queue}", workers.ctx.instance);
+    loop {
+        let Some(session) = wait_for_session(&mut states, &shutdown).await else {
+            return;
+        };
+        let subscription = Subscription::open(&session, &workers.ctx, &queue, &tag, prefetch).await;
+        let mut subscription = match subscription {
+            Ok(subscription) => subscription,
+            Err(error) => {
+                warn!(%queue, %error, "Cannot subscribe; retrying.");
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(RESUBSCRIBE_PAUSE) => continue,
+                }
+            }
+        };
+        info!(%queue, "Consuming.");
+        let ended = subscription
+            .run(&workers, &mut states, session.generation(), &shutdown)
+            .await;
+        if ended == Ended::Shutdown {
+            subscription.stop().await;
+            return;
+        }
+    }
+}
+
+/// Why a subscription stopped delivering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// The consumer is shutting down.
+    Shutdown,
+    /// The connection was rebuilt or the consumer was cancelled: subscribe again.
+    Resubscribe,
+}
+
+struct Subscription {
+    channel: Channel,
+    consumer: lapin::Consumer,
+    queue: QueueName,
+    tag: String,
+}
+
+impl Subscription {
+    async fn open(
+        session: &Session,
+        ctx: &Context,
+        queue: &QueueName,
+        tag: &str,
+        prefetch: u16,
+    ) -> Result<Self, lapin::Error> {
+        let channel = session.open_channel().await?;
+        // Per-consumer prefetch: quorum queues refuse a global one.
+        channel
+            .basic_qos(prefetch, BasicQosOptions { global: false })
+            .await?;
+        let consumer = channel
+            .basic_consume(
+                ctx.topology.work_queue(queue).into(),
+                tag.into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(Self {
+            channel,
+            consumer,
+            queue: queue.clone(),
+            tag: tag.to_owned(),
+        })
+    }
+
+    /// Hands deliveries to job tasks until shutdown or until the subscription is gone.
+    async fn run(
+        &mut self,
+        workers: &Workers,
+        states: &mut watch::Receiver<LinkState>,
+        generation: u64,
+        shutdown: &CancellationToken,
+    ) -> Ended {
+        loop {
+            let delivery = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return Ended::Shutdown,
+                changed = states.changed() => {
+                    if changed.is_err() || rebuilt(&states.borrow(), generation) {
+                        return Ended::Resubscribe;
+                    }
+                    continue;
+                }
+                next = self.consumer.next() => match next {
+                    Some(Ok(delivery)) => delivery,
+                    Some(Err(error)) => {
+                        warn!(queue = %self.queue, %error, "Subscription failed; resubscribing.");
+                        return Ended::Resubscribe;
+                    }
+                    None => return Ended::Resubscribe,
+                },
+            };
+            let inbound = Inbound::new(delivery, self.queue.clone(), self.channel.clone());
+            // Wait for a free slot; a delivery that never got one goes back on shutdown.
+            let permit = tokio::select! {
+                permit = workers.permits.clone().acquire_owned() => permit,
+                () = shutdown.cancelled() => {
+                    inbound.requeue().await;
+                    return Ended::Shutdown;
+                }
+            };
+            let Ok(permit) = permit else {
+                inbound.requeue().await;
+                return Ended::Shutdown;
+            };
+            let ctx = workers.ctx.clone();
+            workers.tracker.spawn(async move {
+                worker::process(ctx, inbound).await;
+                drop(permit);
+            });
+        }
+    }
+
+    /// Cancels the subscription and returns every delivery received but never started.
+    async fn stop(mut self) {
+        let cancelled = self
+            .channel
+            .basic_cancel(self.tag.as_str().into(), BasicCancelOptions::default())
+            .await;
+        if let Err(error) = cancelled {
+            debug!(%error, "Cancel failed; the channel is gone and the broker requeues everything.");
+            return;
+        }
+        let mut returned = 0usize;
+        // After the cancel, the stream yields what is buffered, then ends.
+        while let Ok(Some(Ok(delivery))) =
+            tokio::time::timeout(CANCEL_DRAIN, self.consumer.next()).await
+        {
+            Inbound::new(delivery, self.queue.clone(), self.channel.clone())
+                .requeue()
+                .await;
+            returned += 1;
+        }
+        info!(queue = %self.queue, returned, "Stopped consuming; unstarted deliveries returned.");
+    }
+}
+
+/// Waits until the link is up; `None` on shutdown or when the link closed for good.
+async fn wait_for_session(
+    states: &mut watch::Receiver<LinkState>,
+    shutdown: &CancellationToken,
+) -> Option<Session> {
+    loop {
+        match &*states.borrow_and_update() {
+            LinkState::Up(session) => return Some(session.clone()),
+            LinkState::Closed => return None,
+            LinkState::Down(_) => {}
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return None,
+            changed = states.changed() => if changed.is_err() { return None },
+        }
+    }
+}
+
+/// Whether the link now runs on a different connection than `generation` (whose channels are
+/// gone). While lapin recovers the same connection, the subscription survives.
+fn rebuilt(state: &LinkState, generation: u64) -> bool {
+    match state {
+        LinkState::Up(session) => session.generation() != generation,
+        LinkState::Closed => true,
+        LinkState::Down(_) => false,
+    }
+}

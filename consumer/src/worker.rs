@@ -1,0 +1,281 @@
+//! One delivery's life: decode it, run its handler under a deadline, decide, and settle — only
+//! once the outcome is known, and only once.
+//!
+//! A retry or a dead letter is a new publish that must be confirmed before the original is
+//! acknowledged: a crash between the two leaves a duplicate, never a loss.
+
+use crate::{
+    context::Context,
+    handler::{Job, JobError},
+    inbound::{Inbound, Settled},
+    metrics::{Outcome, UNKNOWN},
+    outcome::{Attempt, Decision, decide},
+};
+use jobpipe_proto::{
+    delay::LadderDelay,
+    failure::{self, AttemptRecord, FailureKind},
+    job::JobProperties,
+};
+use jobpipe_runtime::amqp::PublishError;
+use lapin::{BasicProperties, types::ShortString};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+/// Processes one delivery to its settlement.
+pub async fn process(ctx: Arc<Context>, inbound: Inbound) {
+    let queue = inbound.queue().clone();
+    let queue = queue.as_str();
+    if inbound.redelivered() {
+        ctx.metrics.redelivered(queue);
+    }
+    if inbound.is_stale() {
+        // Delivered before the link failed: the broker has requeued it; running it now would
+        // only make a duplicate that cannot be acknowledged.
+        debug!(queue, "Skipping a delivery from before a reconnect.");
+        ctx.metrics.job(queue, UNKNOWN, Outcome::Returned, None);
+        return;
+    }
+    match JobProperties::decode(inbound.properties()) {
+        Ok(job) => {
+            let span = info_span!(
+                "job",
+                job_id = %job.id,
+                job_type = %job.job_type,
+                attempt = job.attempt,
+                queue,
+            );
+            run(&ctx, inbound, job).instrument(span).await;
+        }
+        Err(error) => {
+            let record = record(&ctx, 0, FailureKind::Decode, error.to_string());
+            warn!(queue, %error, "Message is not a readable job; dead-lettering it.");
+            let outcome = dead_letter(&ctx, inbound, &record, FailureKind::Decode).await;
+            ctx.metrics
+                .job(queue, UNKNOWN, outcome, Some(FailureKind::Decode));
+        }
+    }
+}
+
+async fn run(ctx: &Context, inbound: Inbound, job: JobProperties) {
+    let queue = inbound.queue().as_str().to_owned();
+    let waited = SystemTime::now()
+        .duration_since(job.due_at)
+        .unwrap_or_default();
+    ctx.metrics.queue_wait(&queue, waited);
+    let started = Instant::now();
+    let attempt = attempt(ctx, &inbound, &job).await;
+    let elapsed = started.elapsed();
+    ctx.metrics
+        .handler_time(&queue, job.job_type.as_str(), elapsed);
+    let decision = decide(
+        &attempt,
+        job.attempt,
+        job.max_attempts,
+        &ctx.retry,
+        &mut rand::rng(),
+    );
+    let (outcome, reason) = settle(ctx, inbound, &job, attempt, decision).await;
+    ctx.metrics
+        .job(&queue, job.job_type.as_str(), outcome, reason);
+    if matches!(outcome, Outcome::Succeeded | Outcome::DeadLettered) {
+        ctx.metrics.finished_after(&queue, job.attempt);
+    }
+    let duration_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+    let outcome = outcome.as_str();
+    match reason {
+        None => info!(duration_ms, outcome, "Job finished."),
+        Some(kind) => info!(duration_ms, outcome, reason = kind.as_str(), "Job failed."),
+    }
+}
+
+/// Runs the handler in a task of its own, so a deadline abandons it even when it never yields
+/// and a panic is caught rather than taking the consumer down.
+async fn attempt(ctx: &Context, inbound: &Inbound, job: &JobProperties) -> Attempt {
+    let Some(handler) = ctx.handlers.get(&job.job_type) else {
+        return Attempt::Failed {
+            kind: FailureKind::NoHandler,
+            error: format!("no handler is registered for job type '{}'", job.job_type),
+        };
+    };
+    let input = Job {
+        id: job.id.clone(),
+        job_type: job.job_type.clone(),
+        queue: inbound.queue().clone(),
+        attempt: job.attempt,
+        max_attempts: job.max_attempts,
+        payload: inbound.payload().clone(),
+        content_type: job.content_type.clone(),
+        metadata: job.metadata.clone(),
+        submitted_at: job.submitted_at,
+        deadline: Instant::now() + job.timeout,
+    };
+    ctx.metrics.in_flight.inc();
+    let mut task = tokio::spawn(async move { handler.handle(input).await });
+    let result = tokio::time::timeout(job.timeout, &mut task).await;
+    ctx.metrics.in_flight.dec();
+    match result {
+        Ok(Ok(Ok(()))) => Attempt::Succeeded,
+        Ok(Ok(Err(JobError::Transient(error)))) => Attempt::Failed {
+            kind: FailureKind::Transient,
+            error,
+        },
+        Ok(Ok(Err(JobError::Permanent(error)))) => Attempt::Failed {
+            kind: FailureKind::Permanent,
+            error,
+        },
+        Ok(Err(join_error)) => Attempt::Failed {
+            kind: FailureKind::Panic,
+            error: panic_message(join_error),
+        },
+        Err(_elapsed) => {
+            task.abort();
+            Attempt::Failed {
+                kind: FailureKind::Timeout,
+                error: format!(
+                    "attempt {} ran past its {} deadline",
+                    job.attempt,
+                    humantime::format_duration(job.timeout)
+                ),
+            }
+        }
+    }
+}
+
+/// Carries out `decision`; returns the outcome to count and the failure kind, if any.
+async fn settle(
+    ctx: &Context,
+    inbound: Inbound,
+    job: &JobProperties,
+    attempt: Attempt,
+    decision: Decision,
+) -> (Outcome, Option<FailureKind>) {
+    let (kind, error) = match attempt {
+        Attempt::Succeeded => {
+            return match inbound.ack().await {
+                Settled::Done => (Outcome::Succeeded, None),
+                Settled::ChannelGone => (Outcome::Returned, None),
+            };
+        }
+        Attempt::Failed { kind, error } => (kind, error),
+    };
+    let record = record(ctx, job.attempt, kind, error);
+    match decision {
+        Decision::Ack => (settled(inbound.ack().await, Outcome::Succeeded), Some(kind)),
+        Decision::Retry { after } => (retry(ctx, inbound, job, &record, after).await, Some(kind)),
+        Decision::DeadLetter { kind } => {
+            (dead_letter(ctx, inbound, &record, kind).await, Some(kind))
+        }
+    }
+}
+
+async fn retry(
+    ctx: &Context,
+    inbound: Inbound,
+    job: &JobProperties,
+    failed: &AttemptRecord,
+    after: Duration,
+) -> Outcome {
+    let queue = inbound.queue();
+    let properties = failure::for_retry(
+        inbound.properties(),
+        failed,
+        job.attempt + 1,
+        SystemTime::now() + after,
+    );
+    let (exchange, routing_key) = match LadderDelay::from_duration(after) {
+        Ok(Some(delay)) => (
+            ctx.delay_levels[usize::from(delay.entry_level())].clone(),
+            delay.routing_key(queue).into(),
+        ),
+        _ => (ctx.jobs_exchange.clone(), queue.as_str().into()),
+    };
+    match publish(ctx, exchange, routing_key, inbound.payload(), properties).await {
+        Ok(()) => {
+            info!(retry_in_s = after.as_secs(), error = %failed.error, "Job scheduled for retry.");
+            settled(inbound.ack().await, Outcome::Retried)
+        }
+        Err(error) => {
+            // Without the retry on the broker, the original must stay: hand it back. The queue's
+            // delivery limit bounds how often this can repeat.
+            warn!(%error, "Retry publish failed; returning the job to its queue.");
+            inbound.requeue().await;
+            Outcome::Returned
+        }
+    }
+}
+
+async fn dead_letter(
+    ctx: &Context,
+    inbound: Inbound,
+    last: &AttemptRecord,
+    kind: FailureKind,
+) -> Outcome {
+    let queue = inbound.queue().clone();
+    let properties = failure::for_dead_letter(inbound.properties(), last, kind, queue.as_str());
+    let published = publish(
+        ctx,
+        ctx.dead_exchange.clone(),
+        queue.as_str().into(),
+        inbound.payload(),
+        properties,
+    )
+    .await;
+    match published {
+        Ok(()) => {
+            warn!(kind = kind.as_str(), error = %last.error, "Job dead-lettered.");
+            settled(inbound.ack().await, Outcome::DeadLettered)
+        }
+        Err(error) => {
+            // The queue's own dead-lettering still catches it, without our failure record.
+            warn!(%error, kind = kind.as_str(), "Dead-letter publish failed; rejecting the job.");
+            settled(inbound.reject().await, Outcome::DeadLettered)
+        }
+    }
+}
+
+async fn publish(
+    ctx: &Context,
+    exchange: ShortString,
+    routing_key: ShortString,
+    payload: &[u8],
+    properties: BasicProperties,
+) -> Result<(), PublishError> {
+    let session = ctx.link.session().ok_or(PublishError::Unavailable)?;
+    session
+        .publisher()
+        .publish(exchange, routing_key, payload, properties)
+        .await
+}
+
+fn settled(settled: Settled, outcome: Outcome) -> Outcome {
+    match settled {
+        Settled::Done => outcome,
+        Settled::ChannelGone => Outcome::Returned,
+    }
+}
+
+fn record(ctx: &Context, attempt: u32, kind: FailureKind, error: String) -> AttemptRecord {
+    AttemptRecord {
+        attempt,
+        at: SystemTime::now(),
+        kind,
+        error,
+        consumer: ctx.instance.clone(),
+    }
+}
+
+fn panic_message(error: tokio::task::JoinError) -> String {
+    if !error.is_panic() {
+        return "the handler task was cancelled".into();
+    }
+    let payload = error.into_panic();
+    let text = payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-text panic".into());
+    format!("handler panicked: {text}")
+}
