@@ -1,5 +1,6 @@
 //! `jobpipe`: submit jobs to a jobpipe producer and check on it, from a terminal.
 
+mod demo;
 mod health;
 mod submit;
 
@@ -28,6 +29,8 @@ enum Command {
     Submit(Box<submit::SubmitArgs>),
     /// Ask the producer whether it is serving (it is while its broker link is up).
     Health,
+    /// Submit a small mixed workload and follow it live through the consumers' metrics.
+    Demo(demo::DemoArgs),
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -36,6 +39,7 @@ async fn main() -> ExitCode {
     let outcome = match cli.command {
         Command::Submit(args) => submit::run(&cli.addr, *args).await,
         Command::Health => health::run(&cli.addr).await,
+        Command::Demo(args) => demo::run(&cli.addr, args).await,
     };
     match outcome {
         Ok(code) => code,
