@@ -48,6 +48,7 @@ impl RunningProducer {
         let grpc_addr = producer.grpc_addr().expect("grpc address");
         let admin_addr = producer.admin_addr().expect("admin address");
         let shutdown = CancellationToken::new();
+        crate::init_logs();
         let task = tokio::spawn(producer.run(shutdown.clone()));
         Self {
             grpc_addr,

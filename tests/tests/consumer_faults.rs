@@ -1,0 +1,340 @@
+//! The consumer when things go wrong: the broker link cut and restored, SIGTERM mid-job, SIGKILL
+//! mid-job, and a job that crashes every consumer that takes it.
+
+use jobpipe_proto::{
+    headers,
+    job::text_header,
+    v1::{JobSpec, SubmitJobRequest, SubmitJobsRequest},
+};
+use jobpipe_tests::{
+    broker::{Probe, TestTopology, amqp_url},
+    consumer::{self, RunningConsumer, next_seen, recording_handlers, sample},
+    eventually, http_get,
+    process::{Service, free_port},
+    producer::{self, RunningProducer},
+    proxy::Proxy,
+};
+use lapin::types::AMQPValue;
+use std::{
+    collections::HashSet,
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+use tokio::sync::mpsc;
+
+fn job(job_type: &str, payload: &str) -> JobSpec {
+    JobSpec {
+        r#type: job_type.into(),
+        payload: payload.as_bytes().to_vec(),
+        ..JobSpec::default()
+    }
+}
+
+async fn submit_all(producer: &RunningProducer, jobs: Vec<JobSpec>) -> Vec<String> {
+    producer
+        .client()
+        .await
+        .submit_jobs(SubmitJobsRequest { jobs })
+        .await
+        .expect("batch")
+        .into_inner()
+        .results
+        .into_iter()
+        .map(|r| {
+            assert_eq!(r.code, 0, "{}", r.message);
+            r.job_id
+        })
+        .collect()
+}
+
+/// A consumer binary on `topology`, its admin endpoint on `admin`.
+fn consumer_process(
+    topology: &TestTopology,
+    admin: SocketAddr,
+    extra: &[(&str, String)],
+) -> Service {
+    let mut env = vec![
+        ("JOBPIPE__AMQP__URL", amqp_url()),
+        (
+            "JOBPIPE__TOPOLOGY__PREFIX",
+            topology.config().prefix.to_string(),
+        ),
+        ("JOBPIPE__ADMIN__LISTEN", admin.to_string()),
+        ("JOBPIPE__RETRY__JITTER", "none".to_owned()),
+    ];
+    env.extend(extra.iter().cloned());
+    Service::start("jobpipe-consumer", &[], &env)
+}
+
+async fn wait_for_in_flight(admin: SocketAddr, jobs: f64) {
+    eventually(
+        Duration::from_secs(30),
+        "a job to be running",
+        || async move {
+            let metrics = http_get(admin, "/metrics").await.1;
+            sample(&metrics, "jobpipe_consumer_jobs_in_flight") == Some(jobs)
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn consumption_resumes_after_the_broker_link_is_cut_and_nothing_is_lost() {
+    let topology = TestTopology::new("cut", &["default"]);
+    let producer = RunningProducer::start(producer::config(&topology)).await;
+    let proxy = Proxy::start("127.0.0.1:5672".parse().expect("addr"))
+        .await
+        .expect("proxy");
+    let mut config = consumer::config(&topology, "c");
+    config.amqp.url = proxy.amqp_url().parse().expect("url");
+    config.consumer.prefetch = 4;
+    config.consumer.concurrency = 4;
+    let (seen_tx, mut seen) = mpsc::unbounded_channel();
+    let consumer = RunningConsumer::start(config, recording_handlers("c", &seen_tx)).await;
+
+    let ids: HashSet<String> =
+        submit_all(&producer, (0..60).map(|_| job("sleep", "50ms")).collect())
+            .await
+            .into_iter()
+            .collect();
+    let mut processed: HashSet<String> = next_seen(&mut seen, 5, Duration::from_secs(20))
+        .await
+        .into_iter()
+        .map(|s| s.job_id)
+        .collect();
+    proxy.cut();
+    eventually(
+        Duration::from_secs(20),
+        "the consumer to notice",
+        || async { http_get(consumer.admin_addr, "/readyz").await.0 == 503 },
+    )
+    .await;
+    proxy.restore();
+    consumer.wait_ready().await;
+
+    let started = Instant::now();
+    while processed != ids {
+        let remaining = Duration::from_secs(60).saturating_sub(started.elapsed());
+        let attempt = next_seen(&mut seen, 1, remaining).await;
+        processed.insert(attempt[0].job_id.clone());
+    }
+    consumer.stop().await.expect("clean stop");
+    let probe = Probe::connect().await.expect("probe");
+    assert_eq!(
+        probe.message_count(&topology.work_queue("default")).await,
+        0,
+        "nothing left"
+    );
+    assert_eq!(
+        probe.message_count(&topology.dead_queue("default")).await,
+        0
+    );
+    producer.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn sigterm_lets_the_running_job_finish_and_returns_the_prefetched_ones() {
+    let topology = TestTopology::new("term", &["default"]);
+    let producer = RunningProducer::start(producer::config(&topology)).await;
+    let admin = free_port();
+    let draining = consumer_process(
+        &topology,
+        admin,
+        &[
+            ("JOBPIPE__CONSUMER__CONCURRENCY", "1".into()),
+            ("JOBPIPE__CONSUMER__PREFETCH", "10".into()),
+            ("JOBPIPE__SHUTDOWN__GRACE_PERIOD", "10s".into()),
+        ],
+    );
+    eventually(
+        Duration::from_secs(30),
+        "the consumer process to be ready",
+        || async { http_get(admin, "/readyz").await.0 == 200 },
+    )
+    .await;
+    let long = producer
+        .client()
+        .await
+        .submit_job(SubmitJobRequest {
+            job: Some(job("sleep", "3s")),
+        })
+        .await
+        .expect("submit")
+        .into_inner()
+        .job_id;
+    wait_for_in_flight(admin, 1.0).await;
+    let waiting: HashSet<String> = submit_all(&producer, (0..4).map(|_| job("noop", "")).collect())
+        .await
+        .into_iter()
+        .collect();
+    let probe = Probe::connect().await.expect("probe");
+    eventually(
+        Duration::from_secs(10),
+        "the rest to be prefetched",
+        || async { probe.message_count(&topology.work_queue("default")).await == 0 },
+    )
+    .await;
+
+    let signalled = Instant::now();
+    draining.signal("TERM");
+    let status = draining.exit(Duration::from_secs(15)).await;
+    let took = signalled.elapsed();
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    assert!(
+        took < Duration::from_secs(10),
+        "exited within the grace period ({took:?})"
+    );
+    assert_eq!(
+        probe.message_count(&topology.work_queue("default")).await,
+        4,
+        "the prefetched jobs are back, the running one was acked"
+    );
+
+    let (seen_tx, mut seen) = mpsc::unbounded_channel();
+    let other = RunningConsumer::start(
+        consumer::config(&topology, "other"),
+        recording_handlers("other", &seen_tx),
+    )
+    .await;
+    let processed: HashSet<String> = next_seen(&mut seen, 4, Duration::from_secs(20))
+        .await
+        .into_iter()
+        .map(|s| s.job_id)
+        .collect();
+    assert_eq!(
+        processed, waiting,
+        "another instance processed the returned jobs"
+    );
+    assert!(!processed.contains(&long));
+    other.stop().await.expect("clean stop");
+    assert_eq!(
+        probe.message_count(&topology.work_queue("default")).await,
+        0,
+        "the long job is not redelivered"
+    );
+    producer.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn sigkill_mid_job_means_another_instance_gets_it() {
+    let topology = TestTopology::new("kill", &["default"]);
+    let producer = RunningProducer::start(producer::config(&topology)).await;
+    let admin = free_port();
+    let doomed = consumer_process(&topology, admin, &[]);
+    eventually(
+        Duration::from_secs(30),
+        "the consumer process to be ready",
+        || async { http_get(admin, "/readyz").await.0 == 200 },
+    )
+    .await;
+    let id = producer
+        .client()
+        .await
+        .submit_job(SubmitJobRequest {
+            job: Some(job("sleep", "2s")),
+        })
+        .await
+        .expect("submit")
+        .into_inner()
+        .job_id;
+    wait_for_in_flight(admin, 1.0).await;
+    doomed.signal("KILL");
+    doomed.exit(Duration::from_secs(5)).await;
+
+    let (seen_tx, mut seen) = mpsc::unbounded_channel();
+    let other = RunningConsumer::start(
+        consumer::config(&topology, "other"),
+        recording_handlers("other", &seen_tx),
+    )
+    .await;
+    let seen = next_seen(&mut seen, 1, Duration::from_secs(20)).await;
+    assert_eq!(seen[0].job_id, id);
+    assert_eq!(seen[0].attempt, 1, "a redelivery, not a retry");
+    eventually(
+        Duration::from_secs(10),
+        "the redelivery to be counted",
+        || async {
+            sample(
+                &other.metrics().await,
+                r#"jobpipe_consumer_redeliveries_total{queue="default"}"#,
+            ) == Some(1.0)
+        },
+    )
+    .await;
+    other.stop().await.expect("clean stop");
+    producer.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn a_job_that_crashes_its_consumer_ends_in_the_dead_letter_queue() {
+    let topology = TestTopology::new("crash", &["default"]);
+    let mut config = producer::config(&topology);
+    config.topology.delivery_limit = 2;
+    let producer = RunningProducer::start(config).await;
+    producer
+        .client()
+        .await
+        .submit_job(SubmitJobRequest {
+            job: Some(JobSpec {
+                job_id: "crasher".into(),
+                ..job("crash", "")
+            }),
+        })
+        .await
+        .expect("submit");
+
+    let probe = Probe::connect().await.expect("probe");
+    let dead_queue = topology.dead_queue("default");
+    let mut crashes = 0;
+    while probe.message_count(&dead_queue).await == 0 {
+        assert!(
+            crashes < 6,
+            "still not dead-lettered after {crashes} crashes"
+        );
+        let consumer = consumer_process(
+            &topology,
+            free_port(),
+            &[
+                ("JOBPIPE__HANDLERS__BUILTIN", "crash".into()),
+                ("JOBPIPE__TOPOLOGY__DELIVERY_LIMIT", "2".into()),
+            ],
+        );
+        let status = consumer.exit(Duration::from_secs(30)).await;
+        assert!(
+            !status.success(),
+            "the handler aborts the process: {status:?}"
+        );
+        crashes += 1;
+        // The broker needs a moment to return the dead consumer's delivery and dead-letter it.
+        eventually(
+            Duration::from_secs(5),
+            "the delivery to be returned",
+            || async {
+                probe.message_count(&topology.work_queue("default")).await == 1
+                    || probe.message_count(&dead_queue).await == 1
+            },
+        )
+        .await;
+    }
+    assert_eq!(crashes, 3, "a delivery limit of 2 allows three deliveries");
+    let message = probe.get(&dead_queue).await.expect("dead letter");
+    let table = message
+        .delivery
+        .properties
+        .headers()
+        .clone()
+        .expect("headers");
+    let Some(AMQPValue::FieldArray(deaths)) = table.inner().get(headers::X_DEATH) else {
+        panic!("no x-death: {table:?}");
+    };
+    let reasons: Vec<String> = deaths
+        .as_slice()
+        .iter()
+        .filter_map(|death| match death {
+            AMQPValue::FieldTable(death) => text_header(death, "reason").map(|r| r.into_owned()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reasons, ["delivery_limit"]);
+    producer.stop().await.expect("clean stop");
+}
