@@ -16,6 +16,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out_dir.join("jobpipe_descriptor.bin"),
         descriptors.encode_to_vec(),
     )?;
-    tonic_prost_build::configure().compile_fds(descriptors)?;
+    // Payloads decode as `Bytes` slices of the request buffer: no copy per job.
+    tonic_prost_build::configure()
+        .bytes(".jobpipe.v1.JobSpec.payload")
+        .compile_fds(descriptors)?;
     Ok(())
 }

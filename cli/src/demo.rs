@@ -52,7 +52,7 @@ pub(crate) async fn run(addr: &str, args: DemoArgs) -> anyhow::Result<ExitCode> 
     for &(label, job_type, payload, copies, max_attempts, delay) in WORKLOAD {
         let spec = JobSpec {
             r#type: job_type.into(),
-            payload: payload.as_bytes().to_vec(),
+            payload: payload.as_bytes().to_vec().into(),
             max_attempts,
             delay: (delay > 0).then_some(prost_types::Duration {
                 seconds: delay,

@@ -149,7 +149,7 @@ fn spec(args: &SubmitArgs) -> anyhow::Result<JobSpec> {
         job_id: args.job_id.clone().unwrap_or_default(),
         r#type: args.job_type.clone(),
         queue: args.queue.clone().unwrap_or_default(),
-        payload,
+        payload: payload.into(),
         content_type: args.content_type.clone().unwrap_or_default(),
         max_attempts: args.max_attempts.unwrap_or(0),
         delay: duration(args.delay)?,

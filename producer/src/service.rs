@@ -7,7 +7,7 @@ use crate::{
     queues::KnownQueues,
     submission::{Rules, Submission},
 };
-use futures::future::join_all;
+use futures::{StreamExt, future::join_all, stream};
 use jobpipe_proto::{
     delay::LEVELS,
     names::{JobId, QueueName},
@@ -17,13 +17,17 @@ use jobpipe_proto::{
         SubmitJobsResponse, job_service_server,
     },
 };
-use jobpipe_runtime::amqp::{Link, PublishError, Session};
+use jobpipe_runtime::amqp::{Link, Pending, PublishError, Session};
 use lapin::types::ShortString;
 use std::{
     sync::Arc,
     time::{Instant, SystemTime},
 };
 use tonic::{Code, Request, Response, Status};
+
+/// Publishes of one batch sent at once: enough to keep the connection busy, few enough that the
+/// rest of the batch waits as compact `JobSpec`s rather than as in-flight publishes.
+const SEND_WINDOW: usize = 64;
 
 /// The gRPC service. Cheap to clone: tonic clones it per connection.
 #[derive(Clone, Debug)]
@@ -104,11 +108,16 @@ impl Inner {
         let spec = request
             .job
             .ok_or_else(|| SubmitError::BadRequest("job: required".into()))?;
-        let submission = self.check(spec)?;
+        let submission = self.check(spec, SystemTime::now())?;
         let session = self.session()?;
-        self.publish(&session, submission).await
+        let sent = self.send(&session, submission).await?;
+        self.confirm(sent).await
     }
 
+    /// Publishes a batch in two stages. Jobs are checked and sent a window at a time, in order;
+    /// once sent, a job is only its pending confirm (a few hundred bytes), so a large batch does
+    /// not hold every payload and property set until the last confirm. Then all the confirms,
+    /// in flight since their send, are awaited together.
     async fn submit_batch(&self, jobs: Vec<JobSpec>) -> Result<Vec<JobResult>, SubmitError> {
         let limit = self.rules.max_batch_jobs();
         if jobs.is_empty() || jobs.len() > limit {
@@ -120,51 +129,59 @@ impl Inner {
         // Down before anything was published: fail the call as a whole, retrying it is safe.
         let session = self.session()?;
         let now = SystemTime::now();
-        // All publishes go out at once and their confirms are awaited together (pipelined).
-        let results = jobs
-            .into_iter()
+        let sent: Vec<(usize, String, Result<Sent, SubmitError>)> = stream::iter(jobs)
             .enumerate()
-            .map(|(index, spec)| self.submit_in_batch(&session, index, spec, now));
+            .map(|(index, spec)| self.send_in_batch(&session, index, spec, now))
+            .buffered(SEND_WINDOW)
+            .collect()
+            .await;
+        let results = sent.into_iter().map(|(index, job_id, sent)| async move {
+            let confirmed = match sent {
+                Ok(sent) => self.confirm(sent).await.map(drop),
+                Err(error) => Err(error),
+            };
+            match confirmed {
+                Ok(()) => JobResult {
+                    job_id,
+                    code: Code::Ok as i32,
+                    message: String::new(),
+                },
+                Err(error) => JobResult {
+                    job_id,
+                    code: error.code() as i32,
+                    message: error.describe(&format!("jobs[{index}]")),
+                },
+            }
+        });
         Ok(join_all(results).await)
     }
 
-    async fn submit_in_batch(
+    /// Checks and sends one job of a batch; returns its index, its id for the answer, and its
+    /// pending confirm or refusal.
+    async fn send_in_batch(
         &self,
         session: &Session,
         index: usize,
         spec: JobSpec,
         now: SystemTime,
-    ) -> JobResult {
+    ) -> (usize, String, Result<Sent, SubmitError>) {
         let client_id = spec.job_id.clone();
-        let outcome = match self.rules.check(spec, now) {
+        match self.check(spec, now) {
             Ok(submission) => {
                 let job_id = submission.properties.id.to_string();
-                (job_id, self.publish(session, submission).await.map(drop))
+                (index, job_id, self.send(session, submission).await)
             }
             Err(error) => {
-                self.metrics.job(None, Outcome::Invalid);
                 // Echo the client's id only if it is valid: never reflect arbitrary input.
                 let job_id =
                     JobId::try_new(client_id).map_or_else(|_| String::new(), |id| id.to_string());
-                (job_id, Err(error))
+                (index, job_id, Err(error))
             }
-        };
-        match outcome {
-            (job_id, Ok(())) => JobResult {
-                job_id,
-                code: Code::Ok as i32,
-                message: String::new(),
-            },
-            (job_id, Err(error)) => JobResult {
-                job_id,
-                code: error.code() as i32,
-                message: error.describe(&format!("jobs[{index}]")),
-            },
         }
     }
 
-    fn check(&self, spec: JobSpec) -> Result<Submission, SubmitError> {
-        self.rules.check(spec, SystemTime::now()).inspect_err(|_| {
+    fn check(&self, spec: JobSpec, now: SystemTime) -> Result<Submission, SubmitError> {
+        self.rules.check(spec, now).inspect_err(|_| {
             self.metrics.job(None, Outcome::Invalid);
         })
     }
@@ -175,26 +192,23 @@ impl Inner {
             .ok_or(SubmitError::Publish(PublishError::Unavailable))
     }
 
-    async fn publish(
-        &self,
-        session: &Session,
-        submission: Submission,
-    ) -> Result<JobId, SubmitError> {
+    /// Hands a job to the broker. A scheduled job goes into the delay ladder at the level of
+    /// its delay's highest bit; the ladder routes it whatever its destination, so the
+    /// destination is checked first.
+    async fn send(&self, session: &Session, submission: Submission) -> Result<Sent, SubmitError> {
         let Submission {
             queue,
             delay,
             properties,
             payload,
         } = submission;
-        // A scheduled job goes into the delay ladder at the level of its delay's highest bit.
-        // The ladder routes it whatever its destination, so the destination is checked first.
         let (exchange, routing_key) = match delay {
             None => (self.jobs_exchange.clone(), queue.as_str().into()),
             Some(delay) => {
                 match self.queues.exists(session, &queue).await {
                     Ok(true) => {}
-                    Ok(false) => return self.refused(queue, PublishError::Unroutable),
-                    Err(error) => return self.refused(queue, error),
+                    Ok(false) => return Err(self.refused(&queue, PublishError::Unroutable)),
+                    Err(error) => return Err(self.refused(&queue, error)),
                 }
                 let level = usize::from(delay.entry_level());
                 (
@@ -204,19 +218,37 @@ impl Inner {
             }
         };
         let started = Instant::now();
-        let published = session
+        let pending = session
             .publisher()
-            .publish(exchange, routing_key, &payload, properties.encode())
-            .await;
-        self.record(&queue, published, started);
-        published
-            .map(|()| properties.id)
+            .send(exchange, routing_key, &payload, properties.encode())
+            .await
+            .map_err(|error| self.refused(&queue, error))?;
+        Ok(Sent {
+            job_id: properties.id,
+            queue,
+            pending,
+            started,
+        })
+    }
+
+    /// Waits for a sent job's confirm.
+    async fn confirm(&self, sent: Sent) -> Result<JobId, SubmitError> {
+        let Sent {
+            job_id,
+            queue,
+            pending,
+            started,
+        } = sent;
+        let confirmed = pending.confirmed().await;
+        self.record(&queue, confirmed, started);
+        confirmed
+            .map(|()| job_id)
             .map_err(|error| SubmitError::from_publish(error, &queue))
     }
 
-    fn refused(&self, queue: QueueName, error: PublishError) -> Result<JobId, SubmitError> {
-        self.record(&queue, Err(error), Instant::now());
-        Err(SubmitError::from_publish(error, &queue))
+    fn refused(&self, queue: &QueueName, error: PublishError) -> SubmitError {
+        self.record(queue, Err(error), Instant::now());
+        SubmitError::from_publish(error, queue)
     }
 
     fn record(&self, queue: &QueueName, published: Result<(), PublishError>, started: Instant) {
@@ -235,4 +267,13 @@ impl Inner {
         }
         self.metrics.job(Some(queue), outcome);
     }
+}
+
+/// A job handed to the broker, awaiting its confirm.
+#[derive(Debug)]
+struct Sent {
+    job_id: JobId,
+    queue: QueueName,
+    pending: Pending,
+    started: Instant,
 }

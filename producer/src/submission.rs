@@ -27,8 +27,8 @@ pub struct Submission {
     pub delay: Option<LadderDelay>,
     /// The job's AMQP properties.
     pub properties: JobProperties,
-    /// The payload, unchanged.
-    pub payload: Vec<u8>,
+    /// The payload, unchanged (a slice of the request buffer: never copied).
+    pub payload: bytes::Bytes,
 }
 
 /// The rules a submission is checked against, taken from the configuration.
@@ -188,7 +188,7 @@ mod tests {
     fn spec() -> JobSpec {
         JobSpec {
             r#type: "email.send".into(),
-            payload: b"hello".to_vec(),
+            payload: b"hello".as_slice().into(),
             ..JobSpec::default()
         }
     }
@@ -213,7 +213,7 @@ mod tests {
         assert_eq!(job.properties.timeout, Duration::from_secs(300));
         assert_eq!(job.properties.submitted_at, now);
         assert!(JobId::try_new(job.properties.id.as_str()).is_ok());
-        assert_eq!(job.payload, b"hello");
+        assert_eq!(job.payload.as_ref(), b"hello");
     }
 
     #[test]
@@ -279,7 +279,7 @@ mod tests {
             (
                 "payload",
                 JobSpec {
-                    payload: vec![0; 17],
+                    payload: vec![0; 17].into(),
                     ..spec()
                 },
                 Some("payload"),
@@ -287,7 +287,7 @@ mod tests {
             (
                 "payload at limit",
                 JobSpec {
-                    payload: vec![0; 16],
+                    payload: vec![0; 16].into(),
                     ..spec()
                 },
                 None,

@@ -71,7 +71,8 @@ pub fn init(config: &LogConfig) -> Result<(), TelemetryError> {
                 fmt::layer()
                     .json()
                     .flatten_event(true)
-                    .with_current_span(true),
+                    .with_current_span(false)
+                    .with_span_list(false),
             )
             .try_init()
     } else {

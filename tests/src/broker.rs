@@ -28,6 +28,7 @@ pub fn amqp_config() -> AmqpConfig {
         connect_timeout: Duration::from_secs(2),
         confirm_timeout: Duration::from_secs(5),
         recovery_timeout: Duration::from_secs(20),
+        ..AmqpConfig::default()
     }
 }
 

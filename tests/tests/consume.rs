@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 fn job(job_type: &str, payload: &str) -> JobSpec {
     JobSpec {
         r#type: job_type.into(),
-        payload: payload.as_bytes().to_vec(),
+        payload: payload.as_bytes().to_vec().into(),
         ..JobSpec::default()
     }
 }

@@ -16,7 +16,7 @@ use tonic::Code;
 fn job(job_type: &str, payload: &[u8]) -> JobSpec {
     JobSpec {
         r#type: job_type.into(),
-        payload: payload.to_vec(),
+        payload: payload.to_vec().into(),
         ..JobSpec::default()
     }
 }

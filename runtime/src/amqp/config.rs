@@ -27,6 +27,11 @@ pub struct AmqpConfig {
     /// How long lapin's automatic recovery may take before the connection is rebuilt from scratch.
     #[serde(with = "humantime_serde")]
     pub recovery_timeout: Duration,
+    /// The largest AMQP frame asked of the broker, in bytes. lapin keeps 32 frames of send and
+    /// of receive buffer per connection, so this sets the connection's memory (64 KiB: 4 MiB,
+    /// the broker's 128 KiB default: 8 MiB). A job's properties must fit in one frame; with the
+    /// metadata and history limits they stay under 48 KiB.
+    pub frame_max: u32,
 }
 
 impl Default for AmqpConfig {
@@ -37,6 +42,7 @@ impl Default for AmqpConfig {
             connect_timeout: Duration::from_secs(5),
             confirm_timeout: Duration::from_secs(10),
             recovery_timeout: Duration::from_secs(30),
+            frame_max: 64 * 1024,
         }
     }
 }

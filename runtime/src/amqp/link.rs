@@ -199,6 +199,7 @@ impl Supervisor {
         let mut uri = self.config.url.uri().clone();
         uri.query.heartbeat = Some(u16::try_from(self.config.heartbeat.as_secs()).unwrap_or(60));
         uri.query.connection_timeout = u64::try_from(self.config.connect_timeout.as_millis()).ok();
+        uri.query.frame_max = Some(self.config.frame_max);
         let properties = ConnectionProperties::default()
             .with_connection_name(self.connection_name.clone().into())
             // lapin retries the TCP connection itself with this backoff, for the first

@@ -7,4 +7,4 @@ pub mod topology;
 
 pub use config::{AmqpConfig, AmqpUrl, TopologyConfig};
 pub use link::{Link, LinkError, LinkState, Session};
-pub use publisher::{PublishError, Publisher};
+pub use publisher::{Pending, PublishError, Publisher};

@@ -1,10 +1,11 @@
 //! Confirmed publishing: a publish succeeds only when the broker confirmed it *and* routed it.
 
 use lapin::{
-    BasicProperties, Channel, Confirmation, ConnectionStatus, options::BasicPublishOptions,
-    types::ShortString,
+    BasicProperties, Channel, Confirmation, ConnectionStatus, PublisherConfirm,
+    options::BasicPublishOptions, types::ShortString,
 };
 use std::time::Duration;
+use tokio::time::Instant;
 use tracing::debug;
 
 /// Publishes persistent, mandatory messages on a channel in confirm mode. Clones share the
@@ -60,24 +61,61 @@ impl Publisher {
         payload: &[u8],
         properties: BasicProperties,
     ) -> Result<(), PublishError> {
+        self.send(exchange, routing_key, payload, properties)
+            .await?
+            .confirmed()
+            .await
+    }
+
+    /// Hands the message to the connection and returns its pending confirm, so that many
+    /// publishes can be in flight at once while only their small confirms are kept. The confirm
+    /// timeout runs from here.
+    pub async fn send(
+        &self,
+        exchange: ShortString,
+        routing_key: ShortString,
+        payload: &[u8],
+        properties: BasicProperties,
+    ) -> Result<Pending, PublishError> {
         if self.connection.blocked() {
             return Err(PublishError::Blocked);
         }
+        let deadline = Instant::now() + self.confirm_timeout;
         let options = BasicPublishOptions {
             mandatory: true,
             immediate: false,
         };
-        let confirmed = tokio::time::timeout(self.confirm_timeout, async {
+        let sent = tokio::time::timeout_at(
+            deadline,
             self.channel
-                .basic_publish(exchange, routing_key, options, payload, properties)
-                .await?
-                .await
-        })
+                .basic_publish(exchange, routing_key, options, payload, properties),
+        )
         .await;
-        match confirmed {
+        match sent {
             Err(_elapsed) => Err(PublishError::Timeout),
             Ok(Err(error)) => {
                 debug!(%error, "Publish failed on the connection.");
+                Err(PublishError::Unavailable)
+            }
+            Ok(Ok(confirm)) => Ok(Pending { confirm, deadline }),
+        }
+    }
+}
+
+/// A sent message awaiting the broker's confirm.
+#[derive(Debug)]
+pub struct Pending {
+    confirm: PublisherConfirm,
+    deadline: Instant,
+}
+
+impl Pending {
+    /// The broker's verdict: `Ok` only if it confirmed the message and routed it.
+    pub async fn confirmed(self) -> Result<(), PublishError> {
+        match tokio::time::timeout_at(self.deadline, self.confirm).await {
+            Err(_elapsed) => Err(PublishError::Timeout),
+            Ok(Err(error)) => {
+                debug!(%error, "The connection failed before the confirm.");
                 Err(PublishError::Unavailable)
             }
             // An unroutable mandatory message is confirmed too: only Ack(None) means queued.
