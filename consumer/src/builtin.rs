@@ -43,15 +43,14 @@ impl Builtin {
 #[async_trait]
 impl Handler for Builtin {
     async fn handle(&self, job: Job) -> Result<(), JobError> {
-        let payload = String::from_utf8_lossy(&job.payload);
-        let payload = payload.trim();
+        let text = || String::from_utf8_lossy(&job.payload).trim().to_owned();
         match self {
             Self::Noop => Ok(()),
             Self::Sleep => {
-                tokio::time::sleep(sleep_duration(payload)?).await;
+                tokio::time::sleep(sleep_duration(&text())?).await;
                 Ok(())
             }
-            Self::Fail => fail(payload, job.attempt),
+            Self::Fail => fail(&text(), job.attempt),
             Self::Crash => std::process::abort(),
         }
     }

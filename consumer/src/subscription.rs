@@ -152,9 +152,11 @@ impl Subscription {
                 inbound.requeue().await;
                 return Ended::Shutdown;
             };
-            let ctx = workers.ctx.clone();
+            // Boxed once here: tokio moves a task's future several times while spawning it, and
+            // a job's future is kilobytes (copying it was most of the consumer's CPU time).
+            let job = Box::pin(worker::process(workers.ctx.clone(), inbound));
             workers.tracker.spawn(async move {
-                worker::process(ctx, inbound).await;
+                job.await;
                 drop(permit);
             });
         }

@@ -11,6 +11,7 @@ use crate::{
     metrics::{Outcome, UNKNOWN},
     outcome::{Attempt, Decision, decide},
 };
+use futures::future::BoxFuture;
 use jobpipe_proto::{
     delay::LadderDelay,
     failure::{self, AttemptRecord, FailureKind},
@@ -52,7 +53,7 @@ pub async fn process(ctx: Arc<Context>, inbound: Inbound) {
         Err(error) => {
             let record = record(&ctx, 0, FailureKind::Decode, error.to_string());
             warn!(queue, %error, "Message is not a readable job; dead-lettering it.");
-            let outcome = dead_letter(&ctx, inbound, &record, FailureKind::Decode).await;
+            let outcome = dead_letter(&ctx, inbound, record, FailureKind::Decode).await;
             ctx.metrics
                 .job(queue, UNKNOWN, outcome, Some(FailureKind::Decode));
         }
@@ -65,6 +66,8 @@ async fn run(ctx: &Context, inbound: Inbound, job: JobProperties) {
         .duration_since(job.due_at)
         .unwrap_or_default();
     ctx.metrics.queue_wait(&queue, waited);
+    // Its own target, so the benchmark can follow job starts without every other debug event.
+    debug!(target: STARTED_TARGET, job_id = %job.id, wait_us = micros(waited), "Job started.");
     let started = Instant::now();
     let attempt = attempt(ctx, &inbound, &job).await;
     let elapsed = started.elapsed();
@@ -83,12 +86,24 @@ async fn run(ctx: &Context, inbound: Inbound, job: JobProperties) {
     if matches!(outcome, Outcome::Succeeded | Outcome::DeadLettered) {
         ctx.metrics.finished_after(&queue, job.attempt);
     }
-    let duration_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
-    let outcome = outcome.as_str();
-    match reason {
-        None => info!(duration_ms, outcome, "Job finished."),
-        Some(kind) => info!(duration_ms, outcome, reason = kind.as_str(), "Job failed."),
-    }
+    // One event per job outcome, self-contained: a JSON line carries every field on its own.
+    info!(
+        job_id = %job.id,
+        job_type = %job.job_type,
+        attempt = job.attempt,
+        queue,
+        duration_us = micros(elapsed),
+        outcome = outcome.as_str(),
+        reason = reason.map_or("", FailureKind::as_str),
+        "Job finished."
+    );
+}
+
+/// The target of the per-job "Job started." debug event.
+pub const STARTED_TARGET: &str = "jobpipe_consumer::started";
+
+fn micros(duration: Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// Runs the handler in a task of its own, so a deadline abandons it even when it never yields
@@ -164,76 +179,84 @@ async fn settle(
     let record = record(ctx, job.attempt, kind, error);
     match decision {
         Decision::Ack => (settled(inbound.ack().await, Outcome::Succeeded), Some(kind)),
-        Decision::Retry { after } => (retry(ctx, inbound, job, &record, after).await, Some(kind)),
+        Decision::Retry { after } => (retry(ctx, inbound, job, record, after).await, Some(kind)),
         Decision::DeadLetter { kind } => {
-            (dead_letter(ctx, inbound, &record, kind).await, Some(kind))
+            (dead_letter(ctx, inbound, record, kind).await, Some(kind))
         }
     }
 }
 
-async fn retry(
-    ctx: &Context,
+// Retries and dead letters publish, and a publish future is kilobytes: they are boxed so that
+// every job task stays small (tokio moves a task's whole future several times when it spawns it,
+// which made memcpy most of the consumer's work). Successes never pay for them.
+fn retry<'a>(
+    ctx: &'a Context,
     inbound: Inbound,
-    job: &JobProperties,
-    failed: &AttemptRecord,
+    job: &'a JobProperties,
+    failed: AttemptRecord,
     after: Duration,
-) -> Outcome {
-    let queue = inbound.queue();
-    let properties = failure::for_retry(
-        inbound.properties(),
-        failed,
-        job.attempt + 1,
-        SystemTime::now() + after,
-    );
-    let (exchange, routing_key) = match LadderDelay::from_duration(after) {
-        Ok(Some(delay)) => (
-            ctx.delay_levels[usize::from(delay.entry_level())].clone(),
-            delay.routing_key(queue).into(),
-        ),
-        _ => (ctx.jobs_exchange.clone(), queue.as_str().into()),
-    };
-    match publish(ctx, exchange, routing_key, inbound.payload(), properties).await {
-        Ok(()) => {
-            info!(retry_in_s = after.as_secs(), error = %failed.error, "Job scheduled for retry.");
-            settled(inbound.ack().await, Outcome::Retried)
+) -> BoxFuture<'a, Outcome> {
+    Box::pin(async move {
+        let queue = inbound.queue();
+        let properties = failure::for_retry(
+            inbound.properties(),
+            &failed,
+            job.attempt + 1,
+            SystemTime::now() + after,
+        );
+        let (exchange, routing_key) = match LadderDelay::from_duration(after) {
+            Ok(Some(delay)) => (
+                ctx.delay_levels[usize::from(delay.entry_level())].clone(),
+                delay.routing_key(queue).into(),
+            ),
+            _ => (ctx.jobs_exchange.clone(), queue.as_str().into()),
+        };
+        match publish(ctx, exchange, routing_key, inbound.payload(), properties).await {
+            Ok(()) => {
+                info!(retry_in_s = after.as_secs(), error = %failed.error, "Job scheduled for retry.");
+                settled(inbound.ack().await, Outcome::Retried)
+            }
+            Err(error) => {
+                // Without the retry on the broker, the original must stay: hand it back. The
+                // queue's delivery limit bounds how often this can repeat.
+                warn!(%error, "Retry publish failed; returning the job to its queue.");
+                inbound.requeue().await;
+                Outcome::Returned
+            }
         }
-        Err(error) => {
-            // Without the retry on the broker, the original must stay: hand it back. The queue's
-            // delivery limit bounds how often this can repeat.
-            warn!(%error, "Retry publish failed; returning the job to its queue.");
-            inbound.requeue().await;
-            Outcome::Returned
-        }
-    }
+    })
 }
 
-async fn dead_letter(
+fn dead_letter(
     ctx: &Context,
     inbound: Inbound,
-    last: &AttemptRecord,
+    last: AttemptRecord,
     kind: FailureKind,
-) -> Outcome {
-    let queue = inbound.queue().clone();
-    let properties = failure::for_dead_letter(inbound.properties(), last, kind, queue.as_str());
-    let published = publish(
-        ctx,
-        ctx.dead_exchange.clone(),
-        queue.as_str().into(),
-        inbound.payload(),
-        properties,
-    )
-    .await;
-    match published {
-        Ok(()) => {
-            warn!(kind = kind.as_str(), error = %last.error, "Job dead-lettered.");
-            settled(inbound.ack().await, Outcome::DeadLettered)
+) -> BoxFuture<'_, Outcome> {
+    Box::pin(async move {
+        let queue = inbound.queue().clone();
+        let properties =
+            failure::for_dead_letter(inbound.properties(), &last, kind, queue.as_str());
+        let published = publish(
+            ctx,
+            ctx.dead_exchange.clone(),
+            queue.as_str().into(),
+            inbound.payload(),
+            properties,
+        )
+        .await;
+        match published {
+            Ok(()) => {
+                warn!(kind = kind.as_str(), error = %last.error, "Job dead-lettered.");
+                settled(inbound.ack().await, Outcome::DeadLettered)
+            }
+            Err(error) => {
+                // The queue's own dead-lettering still catches it, without our failure record.
+                warn!(%error, kind = kind.as_str(), "Dead-letter publish failed; rejecting the job.");
+                settled(inbound.reject().await, Outcome::DeadLettered)
+            }
         }
-        Err(error) => {
-            // The queue's own dead-lettering still catches it, without our failure record.
-            warn!(%error, kind = kind.as_str(), "Dead-letter publish failed; rejecting the job.");
-            settled(inbound.reject().await, Outcome::DeadLettered)
-        }
-    }
+    })
 }
 
 async fn publish(
