@@ -1,7 +1,7 @@
 # jobpipe's two commands are `make run` and `make test`; CI runs `make ci`.
 CARGO ?= cargo
 
-.PHONY: run test ci lint broker tools build
+.PHONY: run test ci lint bench broker tools build
 
 ## run: the pipeline on this machine, with a demo (Ctrl-C stops it)
 run: broker tools
@@ -18,6 +18,11 @@ test: broker tools build
 
 ## ci: lint, then test
 ci: lint test
+
+## bench: end-to-end throughput, latency and memory against the broker's own limit (release build)
+bench: broker
+	$(CARGO) build --release --workspace --bins
+	target/release/jobpipe-bench $(BENCH_ARGS)
 
 ## lint: formatting and clippy, warnings are errors
 lint:

@@ -10,13 +10,14 @@ use std::{
 };
 use tokio::process::{Child, Command};
 
-/// The path of a workspace binary, next to the test executable's `deps/` folder.
+/// The path of a workspace binary of the same profile as the running executable (a test in
+/// `target/<profile>/deps/`, or a binary in `target/<profile>/`).
 pub fn bin_path(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target profile directory");
+    let exe = std::env::current_exe().expect("executable path");
+    let mut dir = exe.parent().expect("executable directory");
+    if dir.ends_with("deps") {
+        dir = dir.parent().expect("target profile directory");
+    }
     let path = dir.join(name);
     assert!(
         path.exists(),
@@ -41,16 +42,23 @@ pub struct Service {
 impl Service {
     /// Starts binary `name` with `args` and `env`; its output goes to the test's output.
     pub fn start(name: &str, args: &[&str], env: &[(&str, String)]) -> Self {
-        let mut command = Command::new(bin_path(name));
-        command
-            .args(args)
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .env("JOBPIPE__LOG__FORMAT", "text")
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
         Self {
-            child: command.spawn().expect("spawn"),
+            child: command(name, args, env).spawn().expect("spawn"),
         }
+    }
+
+    /// Starts binary `name` with its standard output piped to the caller.
+    pub fn start_piped(
+        name: &str,
+        args: &[&str],
+        env: &[(&str, String)],
+    ) -> (Self, tokio::process::ChildStdout) {
+        let mut child = command(name, args, env)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let stdout = child.stdout.take().expect("piped stdout");
+        (Self { child }, stdout)
     }
 
     /// The process id.
@@ -73,6 +81,17 @@ impl Service {
             .await
             .expect("wait")
     }
+}
+
+fn command(name: &str, args: &[&str], env: &[(&str, String)]) -> Command {
+    let mut command = Command::new(bin_path(name));
+    command
+        .args(args)
+        .env("JOBPIPE__LOG__FORMAT", "text")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    command
 }
 
 /// Runs binary `name` to completion with `args` and `env`: its status and combined output.

@@ -1,0 +1,107 @@
+//! A phase's figures, the table and the JSON line.
+
+use serde::Serialize;
+use std::time::Duration;
+
+/// Latency percentiles over every job of a phase, in milliseconds.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub(crate) struct Latency {
+    /// Median.
+    pub p50_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// Worst.
+    pub(crate) max_ms: f64,
+}
+
+impl Latency {
+    /// Percentiles of `samples` (each job's latency); `None` when there are none.
+    pub(crate) fn of(mut samples: Vec<Duration>) -> Option<Self> {
+        if samples.is_empty() {
+            return None;
+        }
+        samples.sort_unstable();
+        let at = |q: usize| samples[(samples.len() * q / 100).min(samples.len() - 1)];
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        Some(Self {
+            p50_ms: ms(at(50)),
+            p99_ms: ms(at(99)),
+            max_ms: ms(*samples.last().unwrap_or(&Duration::ZERO)),
+        })
+    }
+}
+
+/// Everything measured in one phase.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Phase {
+    /// Which phase.
+    pub(crate) name: String,
+    /// Jobs submitted and confirmed.
+    pub(crate) jobs: usize,
+    /// Seconds from the first submit to the last ack.
+    pub(crate) seconds: f64,
+    /// Jobs per second over that span.
+    pub(crate) jobs_per_sec: f64,
+    /// Submit to handler start, per job.
+    pub(crate) latency: Option<Latency>,
+    /// The producer's peak RSS, MiB (jobpipe phases).
+    pub(crate) producer_rss_mib: Option<f64>,
+    /// Each consumer's peak RSS, MiB (jobpipe phases).
+    pub(crate) consumer_rss_mib: Vec<f64>,
+    /// CPU time of the jobpipe processes per job, microseconds.
+    pub(crate) cpu_us_per_job: Option<f64>,
+    /// Confirmed jobs never processed.
+    pub(crate) lost: usize,
+    /// Jobs processed more than once.
+    pub(crate) duplicates: usize,
+}
+
+/// Prints the results as a table.
+pub(crate) fn table(phases: &[Phase], baseline_rate: f64) {
+    println!(
+        "\n{:<28} {:>7} {:>9} {:>6} {:>8} {:>8} {:>8} {:>9} {:>13} {:>8} {:>5} {:>4}",
+        "phase",
+        "jobs",
+        "jobs/s",
+        "×base",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "prod MiB",
+        "cons MiB",
+        "CPU µs/j",
+        "lost",
+        "dup"
+    );
+    for p in phases {
+        let latency = |f: fn(&Latency) -> f64| {
+            p.latency
+                .as_ref()
+                .map_or("-".into(), |l| format!("{:.1}", f(l)))
+        };
+        let consumers = if p.consumer_rss_mib.is_empty() {
+            "-".to_owned()
+        } else {
+            p.consumer_rss_mib
+                .iter()
+                .map(|m| format!("{m:.1}"))
+                .collect::<Vec<_>>()
+                .join("/")
+        };
+        println!(
+            "{:<28} {:>7} {:>9.0} {:>6.2} {:>8} {:>8} {:>8} {:>9} {:>13} {:>8} {:>5} {:>4}",
+            p.name,
+            p.jobs,
+            p.jobs_per_sec,
+            p.jobs_per_sec / baseline_rate,
+            latency(|l| l.p50_ms),
+            latency(|l| l.p99_ms),
+            latency(|l| l.max_ms),
+            p.producer_rss_mib.map_or("-".into(), |m| format!("{m:.1}")),
+            consumers,
+            p.cpu_us_per_job.map_or("-".into(), |c| format!("{c:.0}")),
+            p.lost,
+            p.duplicates,
+        );
+    }
+}
