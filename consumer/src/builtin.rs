@@ -60,8 +60,10 @@ fn sleep_duration(payload: &str) -> Result<Duration, JobError> {
     if let Ok(ms) = payload.parse::<u64>() {
         return Ok(Duration::from_millis(ms));
     }
-    humantime::parse_duration(payload)
-        .map_err(|_| JobError::permanent(format!("sleep: {payload:?} is not a duration")))
+    // The error names the rule, never the payload: it goes to logs and dead-letter headers.
+    humantime::parse_duration(payload).map_err(|_| {
+        JobError::permanent("sleep: the payload is not a duration (250ms, 2s, or milliseconds)")
+    })
 }
 
 fn fail(plan: &str, attempt: u32) -> Result<(), JobError> {
@@ -76,9 +78,9 @@ fn fail(plan: &str, attempt: u32) -> Result<(), JobError> {
                 "fail: attempt {attempt} of the first {failures} fails"
             ))),
             Ok(_) => Ok(()),
-            Err(_) => Err(JobError::permanent(format!(
-                "fail: {count:?} is not a plan (N, always, permanent, panic)"
-            ))),
+            Err(_) => Err(JobError::permanent(
+                "fail: the payload is not a plan (N, always, permanent, panic)",
+            )),
         },
     }
 }

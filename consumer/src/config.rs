@@ -8,8 +8,9 @@ use crate::{
 use jobpipe_runtime::{
     admin::AdminConfig,
     amqp::{AmqpConfig, TopologyConfig},
+    queue_state::MetricsConfig,
     settings::{self, ConfigError, Env},
-    telemetry::LogConfig,
+    telemetry::{LogConfig, TelemetryConfig},
 };
 use serde::Deserialize;
 use std::{net::SocketAddr, path::Path, time::Duration};
@@ -34,6 +35,10 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Trace export.
+    pub telemetry: TelemetryConfig,
+    /// Queue depth polling for `/metrics`.
+    pub metrics: MetricsConfig,
 }
 
 /// How much work runs at once.
@@ -129,6 +134,8 @@ impl Default for Config {
             handlers: HandlerSettings::default(),
             shutdown: ShutdownConfig::default(),
             log: LogConfig::default(),
+            telemetry: TelemetryConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }

@@ -47,6 +47,14 @@ impl Inbound {
         &self.queue
     }
 
+    /// The exchange it was published to and its routing key.
+    pub fn route(&self) -> (&str, &str) {
+        (
+            self.delivery.exchange.as_str(),
+            self.delivery.routing_key.as_str(),
+        )
+    }
+
     /// Its AMQP properties.
     pub fn properties(&self) -> &BasicProperties {
         &self.delivery.properties

@@ -9,7 +9,7 @@
 //! - [`worker`]: one delivery's life, from decoding to settlement.
 //! - [`outcome`] and [`retry`]: the pure retry decision and backoff schedule.
 //! - [`inbound`]: a delivery that can be settled only once.
-//! - [`context`], [`metrics`]: shared state and what `/metrics` shows.
+//! - [`context`], [`metrics`], [`spans`]: shared state, what `/metrics` shows, trace spans.
 //! - [`Consumer`] (here): binds the admin port and runs everything until shutdown.
 //!
 //! To embed the consumer, build [`Handlers`], then `Consumer::bind(config, handlers)` and `run`.
@@ -22,6 +22,7 @@ pub mod inbound;
 pub mod metrics;
 pub mod outcome;
 pub mod retry;
+pub mod spans;
 pub mod subscription;
 pub mod worker;
 
@@ -37,6 +38,8 @@ use crate::{
 use jobpipe_runtime::{
     admin::{Admin, AdminState},
     amqp::{Link, LinkError},
+    metrics::register_build_info,
+    queue_state::QueueState,
     readiness,
 };
 use prometheus_client::registry::Registry;
@@ -122,6 +125,14 @@ impl Consumer {
             config.topology.queues.iter().map(|q| q.as_str()),
             handlers.types().map(|t| t.as_str()),
         );
+        register_build_info(&mut registry, "jobpipe-consumer");
+        let poller = tokio::spawn(QueueState::register(&mut registry).poll(
+            link.clone(),
+            topology.clone(),
+            config.topology.queues.clone(),
+            config.metrics.queue_poll_interval,
+            shutdown.clone(),
+        ));
         let ready = readiness::track(&link, shutdown.clone(), metrics.broker_connected.clone());
         let admin_shutdown = CancellationToken::new();
         let admin_task = tokio::spawn(admin.serve(
@@ -170,6 +181,7 @@ impl Consumer {
         drain(&workers.tracker, &config).await;
         link_shutdown.cancel();
         admin_shutdown.cancel();
+        let _ = poller.await;
         let _ = link_task.await;
         let _ = admin_task.await;
         info!("Consumer stopped.");

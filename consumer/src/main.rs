@@ -1,16 +1,14 @@
-//! `jobpipe-consumer`: reads the configuration, registers the configured built-in handlers,
-//! starts logging, and consumes until SIGTERM or Ctrl-C.
+//! `jobpipe-consumer`: reads the configuration, registers the configured built-in handlers, and
+//! consumes until SIGTERM or Ctrl-C.
 
 use clap::Parser;
 use jobpipe_consumer::{ConsumerError, Handlers, builtin::Builtin, config::Config};
 use jobpipe_proto::names::JobType;
-use jobpipe_runtime::{settings::Env, shutdown, telemetry};
+use jobpipe_runtime::{
+    process::{self, EX_CONFIG, EX_USAGE},
+    settings::Env,
+};
 use std::{path::PathBuf, process::ExitCode};
-
-/// Exit status for an unusable configuration (EX_USAGE).
-const EX_USAGE: u8 = 64;
-/// Exit status when the broker's objects disagree with the configuration (EX_CONFIG).
-const EX_CONFIG: u8 = 78;
 
 /// Processes jobs from RabbitMQ: retries with backoff, dead-letters with a failure record.
 #[derive(Debug, Parser)]
@@ -37,40 +35,37 @@ fn main() -> ExitCode {
         println!("jobpipe-consumer: configuration is valid");
         return ExitCode::SUCCESS;
     }
-    if let Err(error) = telemetry::init(&config.log) {
-        eprintln!("jobpipe-consumer: {error}");
-        return ExitCode::from(EX_USAGE);
-    }
-    match serve(config) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("jobpipe-consumer: {error:#}");
-            let topology = matches!(
-                error.downcast_ref::<ConsumerError>(),
-                Some(ConsumerError::Topology(_))
-            );
+    let handlers = builtin_handlers(&config);
+    let (log, telemetry) = (config.log.clone(), config.telemetry.clone());
+    let served = process::serve("jobpipe-consumer", &log, &telemetry, |shutdown| {
+        jobpipe_consumer::run(config, handlers, shutdown)
+    });
+    match served {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(error)) => {
+            eprintln!("jobpipe-consumer: {error}");
+            let topology = matches!(error, ConsumerError::Topology(_));
             ExitCode::from(if topology { EX_CONFIG } else { 1 })
+        }
+        Err(error) => {
+            eprintln!("jobpipe-consumer: cannot start: {error}");
+            ExitCode::from(EX_USAGE)
         }
     }
 }
 
-/// The built-in handlers named in the configuration (validated when it loaded).
-fn builtin_handlers(config: &Config) -> anyhow::Result<Handlers> {
+/// The built-in handlers named in the configuration (names checked when it loaded).
+fn builtin_handlers(config: &Config) -> Handlers {
     let mut handlers = Handlers::new();
-    for name in &config.handlers.builtin {
-        let builtin = Builtin::from_name(name)
-            .ok_or_else(|| anyhow::anyhow!("unknown built-in handler {name:?}"))?;
-        handlers.register(JobType::try_new(builtin.name())?, builtin);
+    for builtin in config
+        .handlers
+        .builtin
+        .iter()
+        .filter_map(|name| Builtin::from_name(name))
+    {
+        if let Ok(job_type) = JobType::try_new(builtin.name()) {
+            handlers.register(job_type, builtin);
+        }
     }
-    Ok(handlers)
-}
-
-fn serve(config: Config) -> anyhow::Result<()> {
-    let handlers = builtin_handlers(&config)?;
-    let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(async {
-        let shutdown = shutdown::on_signals()?;
-        jobpipe_consumer::run(config, handlers, shutdown).await?;
-        Ok(())
-    })
+    handlers
 }

@@ -76,13 +76,15 @@ impl ConsumerMetrics {
         queues: impl IntoIterator<Item = &'a str>,
         types: impl IntoIterator<Item = &'a str>,
     ) -> Self {
-        let known = queues
+        let queues: Vec<&str> = queues.into_iter().collect();
+        let queue_count = queues.len();
+        let known: Vec<&'static str> = queues
             .into_iter()
             .chain(types)
             .map(|name| &*Box::leak(name.to_owned().into_boxed_str()))
             .collect();
         let metrics = Self {
-            known,
+            known: known.clone(),
             jobs: Family::default(),
             handler_seconds: Family::new_with_constructor(|| Histogram::new(latency_buckets())),
             queue_wait_seconds: Family::new_with_constructor(|| Histogram::new(latency_buckets())),
@@ -91,6 +93,14 @@ impl ConsumerMetrics {
             in_flight: Gauge::default(),
             broker_connected: Gauge::default(),
         };
+        // Every queue's series exist from the start, at zero, so rates and alerts see them
+        // before the first redelivery or finished job.
+        for &queue in known.iter().take(queue_count) {
+            let labels = QueueLabels { queue };
+            drop(metrics.redeliveries.get_or_create(&labels));
+            drop(metrics.attempts.get_or_create(&labels));
+            drop(metrics.queue_wait_seconds.get_or_create(&labels));
+        }
         registry.register(
             "jobpipe_consumer_jobs",
             "Deliveries settled, by queue, job type, outcome and reason (the failure kind)",

@@ -10,6 +10,7 @@ use crate::{
     inbound::{Inbound, Settled},
     metrics::{Outcome, UNKNOWN},
     outcome::{Attempt, Decision, decide},
+    spans,
 };
 use futures::future::BoxFuture;
 use jobpipe_proto::{
@@ -17,13 +18,13 @@ use jobpipe_proto::{
     failure::{self, AttemptRecord, FailureKind},
     job::JobProperties,
 };
-use jobpipe_runtime::amqp::PublishError;
+use jobpipe_runtime::{amqp::PublishError, propagation};
 use lapin::{BasicProperties, types::ShortString};
 use std::{
     sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, Span, debug, info, warn};
 
 /// Processes one delivery to its settlement.
 pub async fn process(ctx: Arc<Context>, inbound: Inbound) {
@@ -41,14 +42,8 @@ pub async fn process(ctx: Arc<Context>, inbound: Inbound) {
     }
     match JobProperties::decode(inbound.properties()) {
         Ok(job) => {
-            let span = info_span!(
-                "job",
-                job_id = %job.id,
-                job_type = %job.job_type,
-                attempt = job.attempt,
-                queue,
-            );
-            run(&ctx, inbound, job).instrument(span).await;
+            let span = spans::attempt(&inbound, &job, &ctx.topology.work_queue(inbound.queue()));
+            run(&ctx, inbound, job, span.clone()).instrument(span).await;
         }
         Err(error) => {
             let record = record(&ctx, 0, FailureKind::Decode, error.to_string());
@@ -60,7 +55,7 @@ pub async fn process(ctx: Arc<Context>, inbound: Inbound) {
     }
 }
 
-async fn run(ctx: &Context, inbound: Inbound, job: JobProperties) {
+async fn run(ctx: &Context, inbound: Inbound, job: JobProperties, span: Span) {
     let queue = inbound.queue().as_str().to_owned();
     let waited = SystemTime::now()
         .duration_since(job.due_at)
@@ -81,12 +76,15 @@ async fn run(ctx: &Context, inbound: Inbound, job: JobProperties) {
         &mut rand::rng(),
     );
     let (outcome, reason) = settle(ctx, inbound, &job, attempt, decision).await;
+    spans::attempt_done(&span, outcome, reason);
     ctx.metrics
         .job(&queue, job.job_type.as_str(), outcome, reason);
     if matches!(outcome, Outcome::Succeeded | Outcome::DeadLettered) {
         ctx.metrics.finished_after(&queue, job.attempt);
     }
-    // One event per job outcome, self-contained: a JSON line carries every field on its own.
+    // One event per job outcome, self-contained: a JSON line carries every field on its own,
+    // the trace ids included, so logs and traces join.
+    let trace = propagation::ids(&span, job.trace.as_ref());
     info!(
         job_id = %job.id,
         job_type = %job.job_type,
@@ -95,6 +93,8 @@ async fn run(ctx: &Context, inbound: Inbound, job: JobProperties) {
         duration_us = micros(elapsed),
         outcome = outcome.as_str(),
         reason = reason.map_or("", FailureKind::as_str),
+        trace_id = trace.trace_id,
+        span_id = trace.span_id,
         "Job finished."
     );
 }

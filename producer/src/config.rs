@@ -4,8 +4,9 @@
 use jobpipe_runtime::{
     admin::AdminConfig,
     amqp::{AmqpConfig, TopologyConfig},
+    queue_state::MetricsConfig,
     settings::{self, ConfigError, Env},
-    telemetry::LogConfig,
+    telemetry::{LogConfig, TelemetryConfig},
 };
 use serde::Deserialize;
 use std::{net::SocketAddr, path::Path, time::Duration};
@@ -30,6 +31,10 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Trace export.
+    pub telemetry: TelemetryConfig,
+    /// Queue depth polling for `/metrics`.
+    pub metrics: MetricsConfig,
 }
 
 /// The gRPC endpoint.

@@ -6,7 +6,7 @@
 //! - [`service`]: the `JobService` RPCs, publishing with confirms (scheduled jobs into the
 //!   delay ladder, after [`queues`] confirms their destination exists).
 //! - [`error`]: why a job was refused, and its gRPC status (mapped in one place).
-//! - [`metrics`]: what `/metrics` shows.
+//! - [`metrics`] and [`spans`]: what `/metrics` shows and the trace spans opened.
 //! - [`Producer`] (here): binds the ports and runs everything until shutdown.
 
 pub mod config;
@@ -14,6 +14,7 @@ pub mod error;
 pub mod metrics;
 pub mod queues;
 pub mod service;
+pub mod spans;
 pub mod submission;
 
 use crate::{config::Config, metrics::ProducerMetrics, service::JobService, submission::Rules};
@@ -21,6 +22,8 @@ use jobpipe_proto::v1::{FILE_DESCRIPTOR_SET, job_service_server::JobServiceServe
 use jobpipe_runtime::{
     admin::{Admin, AdminState},
     amqp::{Link, LinkError, link::connection_name},
+    metrics::register_build_info,
+    queue_state::QueueState,
     readiness,
 };
 use prometheus_client::registry::Registry;
@@ -120,6 +123,15 @@ impl Producer {
 
         let mut registry = Registry::default();
         let metrics = ProducerMetrics::register(&mut registry, &config.topology.queues);
+        register_build_info(&mut registry, "jobpipe-producer");
+        let poller_shutdown = CancellationToken::new();
+        let poller = tokio::spawn(QueueState::register(&mut registry).poll(
+            link.clone(),
+            topology.clone(),
+            config.topology.queues.clone(),
+            config.metrics.queue_poll_interval,
+            poller_shutdown.clone(),
+        ));
         let ready = readiness::track(&link, shutdown.clone(), metrics.broker_connected.clone());
         let (reporter, health) = tonic_health::server::health_reporter();
         tokio::spawn(report_health(reporter, ready.clone()));
@@ -159,8 +171,10 @@ impl Producer {
                 Ok(_) => drain(&mut server, &shutdown, &config).await,
             },
         };
+        poller_shutdown.cancel();
         link_shutdown.cancel();
         admin_shutdown.cancel();
+        let _ = poller.await;
         let _ = link_task.await;
         let _ = admin_task.await;
         info!("Producer stopped.");

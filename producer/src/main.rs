@@ -1,15 +1,12 @@
-//! `jobpipe-producer`: reads the configuration, starts logging, and runs the producer until
-//! SIGTERM or Ctrl-C.
+//! `jobpipe-producer`: reads the configuration and runs the producer until SIGTERM or Ctrl-C.
 
 use clap::Parser;
 use jobpipe_producer::{ProducerError, config::Config};
-use jobpipe_runtime::{settings::Env, shutdown, telemetry};
+use jobpipe_runtime::{
+    process::{self, EX_CONFIG, EX_USAGE},
+    settings::Env,
+};
 use std::{path::PathBuf, process::ExitCode};
-
-/// Exit status for an unusable configuration (EX_USAGE).
-const EX_USAGE: u8 = 64;
-/// Exit status when the broker's objects disagree with the configuration (EX_CONFIG).
-const EX_CONFIG: u8 = 78;
 
 /// Accepts jobs over gRPC and publishes them to RabbitMQ with publisher confirms.
 #[derive(Debug, Parser)]
@@ -36,28 +33,20 @@ fn main() -> ExitCode {
         println!("jobpipe-producer: configuration is valid");
         return ExitCode::SUCCESS;
     }
-    if let Err(error) = telemetry::init(&config.log) {
-        eprintln!("jobpipe-producer: {error}");
-        return ExitCode::from(EX_USAGE);
-    }
-    match serve(config) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("jobpipe-producer: {error:#}");
-            let topology = matches!(
-                error.downcast_ref::<ProducerError>(),
-                Some(ProducerError::Topology(_))
-            );
+    let (log, telemetry) = (config.log.clone(), config.telemetry.clone());
+    let served = process::serve("jobpipe-producer", &log, &telemetry, |shutdown| {
+        jobpipe_producer::run(config, shutdown)
+    });
+    match served {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(error)) => {
+            eprintln!("jobpipe-producer: {error}");
+            let topology = matches!(error, ProducerError::Topology(_));
             ExitCode::from(if topology { EX_CONFIG } else { 1 })
         }
+        Err(error) => {
+            eprintln!("jobpipe-producer: cannot start: {error}");
+            ExitCode::from(EX_USAGE)
+        }
     }
-}
-
-fn serve(config: Config) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(async {
-        let shutdown = shutdown::on_signals()?;
-        jobpipe_producer::run(config, shutdown).await?;
-        Ok(())
-    })
 }

@@ -5,11 +5,13 @@ use crate::{
     error::SubmitError,
     metrics::{Method, Outcome, ProducerMetrics},
     queues::KnownQueues,
+    spans,
     submission::{Rules, Submission},
 };
 use futures::{StreamExt, future::join_all, stream};
 use jobpipe_proto::{
     delay::LEVELS,
+    job::TraceContext,
     names::{JobId, QueueName},
     topology::Topology,
     v1::{
@@ -24,6 +26,7 @@ use std::{
     time::{Instant, SystemTime},
 };
 use tonic::{Code, Request, Response, Status};
+use tracing::{Instrument, Span};
 
 /// Publishes of one batch sent at once: enough to keep the connection busy, few enough that the
 /// rest of the batch waits as compact `JobSpec`s rather than as in-flight publishes.
@@ -78,8 +81,14 @@ impl job_service_server::JobService for JobService {
         &self,
         request: Request<SubmitJobRequest>,
     ) -> Result<Response<SubmitJobResponse>, Status> {
-        let answer = self.inner.submit_one(request.into_inner()).await;
+        let (span, caller) = spans::rpc(Method::SubmitJob, request.metadata());
+        let answer = self
+            .inner
+            .submit_one(request.into_inner(), caller.as_ref())
+            .instrument(span.clone())
+            .await;
         let code = answer.as_ref().map_or_else(SubmitError::code, |_| Code::Ok);
+        spans::rpc_done(&span, code);
         self.inner.metrics.rpc(Method::SubmitJob, code);
         answer
             .map(|job_id| {
@@ -94,8 +103,14 @@ impl job_service_server::JobService for JobService {
         &self,
         request: Request<SubmitJobsRequest>,
     ) -> Result<Response<SubmitJobsResponse>, Status> {
-        let answer = self.inner.submit_batch(request.into_inner().jobs).await;
+        let (span, caller) = spans::rpc(Method::SubmitJobs, request.metadata());
+        let answer = self
+            .inner
+            .submit_batch(request.into_inner().jobs, caller.as_ref())
+            .instrument(span.clone())
+            .await;
         let code = answer.as_ref().map_or_else(SubmitError::code, |_| Code::Ok);
+        spans::rpc_done(&span, code);
         self.inner.metrics.rpc(Method::SubmitJobs, code);
         answer
             .map(|results| Response::new(SubmitJobsResponse { results }))
@@ -104,13 +119,17 @@ impl job_service_server::JobService for JobService {
 }
 
 impl Inner {
-    async fn submit_one(&self, request: SubmitJobRequest) -> Result<JobId, SubmitError> {
+    async fn submit_one(
+        &self,
+        request: SubmitJobRequest,
+        caller: Option<&TraceContext>,
+    ) -> Result<JobId, SubmitError> {
         let spec = request
             .job
             .ok_or_else(|| SubmitError::BadRequest("job: required".into()))?;
         let submission = self.check(spec, SystemTime::now())?;
         let session = self.session()?;
-        let sent = self.send(&session, submission).await?;
+        let sent = self.send(&session, submission, caller).await?;
         self.confirm(sent).await
     }
 
@@ -118,7 +137,11 @@ impl Inner {
     /// once sent, a job is only its pending confirm (a few hundred bytes), so a large batch does
     /// not hold every payload and property set until the last confirm. Then all the confirms,
     /// in flight since their send, are awaited together.
-    async fn submit_batch(&self, jobs: Vec<JobSpec>) -> Result<Vec<JobResult>, SubmitError> {
+    async fn submit_batch(
+        &self,
+        jobs: Vec<JobSpec>,
+        caller: Option<&TraceContext>,
+    ) -> Result<Vec<JobResult>, SubmitError> {
         let limit = self.rules.max_batch_jobs();
         if jobs.is_empty() || jobs.len() > limit {
             return Err(SubmitError::BadRequest(format!(
@@ -131,7 +154,7 @@ impl Inner {
         let now = SystemTime::now();
         let sent: Vec<(usize, String, Result<Sent, SubmitError>)> = stream::iter(jobs)
             .enumerate()
-            .map(|(index, spec)| self.send_in_batch(&session, index, spec, now))
+            .map(|(index, spec)| self.send_in_batch(&session, index, spec, now, caller))
             .buffered(SEND_WINDOW)
             .collect()
             .await;
@@ -164,12 +187,13 @@ impl Inner {
         index: usize,
         spec: JobSpec,
         now: SystemTime,
+        caller: Option<&TraceContext>,
     ) -> (usize, String, Result<Sent, SubmitError>) {
         let client_id = spec.job_id.clone();
         match self.check(spec, now) {
             Ok(submission) => {
                 let job_id = submission.properties.id.to_string();
-                (index, job_id, self.send(session, submission).await)
+                (index, job_id, self.send(session, submission, caller).await)
             }
             Err(error) => {
                 // Echo the client's id only if it is valid: never reflect arbitrary input.
@@ -195,14 +219,19 @@ impl Inner {
     /// Hands a job to the broker. A scheduled job goes into the delay ladder at the level of
     /// its delay's highest bit; the ladder routes it whatever its destination, so the
     /// destination is checked first.
-    async fn send(&self, session: &Session, submission: Submission) -> Result<Sent, SubmitError> {
+    async fn send(
+        &self,
+        session: &Session,
+        submission: Submission,
+        caller: Option<&TraceContext>,
+    ) -> Result<Sent, SubmitError> {
         let Submission {
             queue,
             delay,
-            properties,
+            mut properties,
             payload,
         } = submission;
-        let (exchange, routing_key) = match delay {
+        let (exchange, routing_key): (ShortString, ShortString) = match delay {
             None => (self.jobs_exchange.clone(), queue.as_str().into()),
             Some(delay) => {
                 match self.queues.exists(session, &queue).await {
@@ -217,17 +246,24 @@ impl Inner {
                 )
             }
         };
+        let span = spans::publish(exchange.as_str(), routing_key.as_str(), &properties.id);
+        properties.trace = spans::job_context(&span, caller);
         let started = Instant::now();
         let pending = session
             .publisher()
             .send(exchange, routing_key, &payload, properties.encode())
+            .instrument(span.clone())
             .await
-            .map_err(|error| self.refused(&queue, error))?;
+            .map_err(|error| {
+                spans::publish_done(&span, Err(error));
+                self.refused(&queue, error)
+            })?;
         Ok(Sent {
             job_id: properties.id,
             queue,
             pending,
             started,
+            span,
         })
     }
 
@@ -238,8 +274,10 @@ impl Inner {
             queue,
             pending,
             started,
+            span,
         } = sent;
-        let confirmed = pending.confirmed().await;
+        let confirmed = pending.confirmed().instrument(span.clone()).await;
+        spans::publish_done(&span, confirmed);
         self.record(&queue, confirmed, started);
         confirmed
             .map(|()| job_id)
@@ -276,4 +314,6 @@ struct Sent {
     queue: QueueName,
     pending: Pending,
     started: Instant,
+    /// The publish span, open until the confirm.
+    span: Span,
 }

@@ -86,6 +86,8 @@ impl Rules {
                 submitted_at: now,
                 due_at: now + delay.map_or(Duration::ZERO, LadderDelay::duration),
                 metadata: spec.metadata.into_iter().collect(),
+                // Set at publish time, from the publish span.
+                trace: None,
             },
             payload: spec.payload,
         })

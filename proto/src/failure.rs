@@ -202,6 +202,7 @@ mod tests {
             submitted_at: from_unix_millis(1_000),
             due_at: from_unix_millis(1_000),
             metadata: BTreeMap::from([("tenant".into(), "acme".into())]),
+            trace: None,
         }
         .encode();
         let mut table = props.headers().clone().unwrap();

@@ -41,6 +41,17 @@ pub struct JobProperties {
     pub due_at: SystemTime,
     /// The client's free-form pairs.
     pub metadata: BTreeMap<String, String>,
+    /// The W3C trace context of the submit, so that every attempt joins the client's trace.
+    pub trace: Option<TraceContext>,
+}
+
+/// A W3C trace context, as the `traceparent` and `tracestate` headers carry it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TraceContext {
+    /// `00-<trace id>-<parent span id>-<flags>`.
+    pub traceparent: String,
+    /// Vendor state; empty when there is none.
+    pub tracestate: String,
 }
 
 /// Why a message is not a readable jobpipe job.
@@ -77,6 +88,12 @@ impl JobProperties {
             integer(unix_millis(self.submitted_at)),
         );
         table.insert(headers::DUE_AT_MS.into(), integer(unix_millis(self.due_at)));
+        if let Some(trace) = &self.trace {
+            table.insert(headers::TRACEPARENT.into(), long_string(&trace.traceparent));
+            if !trace.tracestate.is_empty() {
+                table.insert(headers::TRACESTATE.into(), long_string(&trace.tracestate));
+            }
+        }
         BasicProperties::default()
             .with_message_id(self.id.as_str().into())
             .with_type(self.job_type.as_str().into())
@@ -118,6 +135,12 @@ impl JobProperties {
             submitted_at,
             due_at,
             metadata: metadata(table),
+            trace: text_header(table, headers::TRACEPARENT).map(|traceparent| TraceContext {
+                traceparent: traceparent.into_owned(),
+                tracestate: text_header(table, headers::TRACESTATE)
+                    .map(|state| state.into_owned())
+                    .unwrap_or_default(),
+            }),
         })
     }
 }
@@ -249,6 +272,10 @@ mod tests {
             submitted_at: from_unix_millis(1_700_000_000_123),
             due_at: from_unix_millis(1_700_000_004_123),
             metadata: BTreeMap::from([("tenant".into(), "acme".into())]),
+            trace: Some(TraceContext {
+                traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
+                tracestate: "vendor=1".into(),
+            }),
         }
     }
 
@@ -263,6 +290,14 @@ mod tests {
         assert_eq!(integer_header(table, headers::ATTEMPT), Ok(Some(2)));
         assert_eq!(integer_header(table, headers::TIMEOUT_MS), Ok(Some(30_000)));
         assert_eq!(text_header(table, "tenant").as_deref(), Some("acme"));
+        assert_eq!(
+            text_header(table, headers::TRACEPARENT).as_deref(),
+            Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+        );
+        assert_eq!(
+            text_header(table, headers::TRACESTATE).as_deref(),
+            Some("vendor=1")
+        );
     }
 
     #[test]

@@ -2,15 +2,20 @@
 //!
 //! - [`amqp`]: broker I/O — the supervised link, topology declaration, confirmed publishing.
 //! - [`settings`]: layered configuration (defaults, file, `JOBPIPE__*` environment).
-//! - [`shutdown`]: the signal that starts a drain.
-//! - [`readiness`], [`admin`] and [`metrics`]: what `/readyz`, gRPC health and `/metrics` report.
-//! - Logs, as JSON or text: [`telemetry`].
+//! - [`shutdown`]: the signal that starts a drain; [`process`]: what every binary's `main` does.
+//! - [`readiness`], [`admin`], [`metrics`] and [`queue_state`]: what `/readyz`, gRPC health and
+//!   `/metrics` report.
+//! - Logs and traces: [`telemetry`] (JSON or text logs, OTLP export) and [`propagation`] (trace
+//!   context in AMQP headers).
 //!
 //! The broker is always real: there is no broker trait to stub it out.
 
 pub mod admin;
 pub mod amqp;
 pub mod metrics;
+pub mod process;
+pub mod propagation;
+pub mod queue_state;
 pub mod readiness;
 pub mod settings;
 pub mod shutdown;

@@ -46,3 +46,20 @@ macro_rules! label_enum {
 pub fn latency_buckets() -> impl Iterator<Item = f64> {
     prometheus_client::metrics::histogram::exponential_buckets(0.0005, 2.0, 18)
 }
+
+/// Registers `jobpipe_build_info{service, version}`, always 1, so dashboards can tell which
+/// version runs where.
+pub fn register_build_info(
+    registry: &mut prometheus_client::registry::Registry,
+    service: &'static str,
+) {
+    use prometheus_client::metrics::{family::Family, gauge::Gauge};
+    let info = Family::<[(&'static str, &'static str); 2], Gauge>::default();
+    info.get_or_create(&[("service", service), ("version", env!("CARGO_PKG_VERSION"))])
+        .set(1);
+    registry.register(
+        "jobpipe_build_info",
+        "The running jobpipe build: always 1, labelled with the service and version",
+        info,
+    );
+}

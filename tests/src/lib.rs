@@ -1,9 +1,11 @@
 //! The harness jobpipe's integration tests share: the real broker with a topology per test
 //! ([`broker`]), services run in-process ([`producer`], [`consumer`]) or as processes ([`process`]), a
-//! proxy to cut connections ([`proxy`]), and third-party clients ([`tools`]). Every wait is bounded by [`within`].
+//! proxy to cut connections ([`proxy`]), third-party clients ([`tools`]),
+//! and a real OTLP collector ([`otlp`]). Every wait is bounded by [`within`].
 
 pub mod broker;
 pub mod consumer;
+pub mod otlp;
 pub mod process;
 pub mod producer;
 pub mod proxy;

@@ -299,6 +299,7 @@ async fn unknown_types_and_unreadable_messages_are_dead_lettered_after_one_deliv
         submitted_at: SystemTime::now(),
         due_at: SystemTime::now(),
         metadata: BTreeMap::new(),
+        trace: None,
     };
     probe.publish("", &queue, b"x", nobody.encode()).await;
     let garbled = BasicProperties::default().with_message_id("garbled-1".into());
