@@ -37,7 +37,7 @@ use crate::{
 };
 use jobpipe_runtime::{
     admin::{Admin, AdminState},
-    amqp::{Link, LinkError},
+    amqp::{Declare, Link, LinkError},
     metrics::register_build_info,
     queue_state::QueueState,
     readiness,
@@ -115,6 +115,7 @@ impl Consumer {
         let (link, link_task) = Link::spawn(
             config.amqp.clone(),
             plan,
+            Declare::from_config(config.topology.declare),
             instance.clone(),
             link_shutdown.clone(),
         );

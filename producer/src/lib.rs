@@ -21,7 +21,7 @@ use crate::{config::Config, metrics::ProducerMetrics, service::JobService, submi
 use jobpipe_proto::v1::{FILE_DESCRIPTOR_SET, job_service_server::JobServiceServer};
 use jobpipe_runtime::{
     admin::{Admin, AdminState},
-    amqp::{Link, LinkError, link::connection_name},
+    amqp::{Declare, Link, LinkError, link::connection_name},
     metrics::register_build_info,
     queue_state::QueueState,
     readiness,
@@ -117,6 +117,7 @@ impl Producer {
         let (link, link_task) = Link::spawn(
             config.amqp.clone(),
             plan,
+            Declare::from_config(config.topology.declare),
             connection_name("jobpipe-producer"),
             link_shutdown.clone(),
         );
@@ -207,20 +208,21 @@ async fn drain(
     }
 }
 
-/// Mirrors readiness into gRPC health, for the whole server ("") and for the job service.
+/// gRPC health: the job service ("jobpipe.v1.JobService") follows readiness (broker link up, not
+/// draining), for readiness probes and clients; the server as a whole ("") is SERVING while the
+/// process runs, for liveness probes, which must not restart pods for a broker outage.
 async fn report_health(reporter: HealthReporter, mut ready: watch::Receiver<bool>) {
+    reporter
+        .set_service_status("", ServingStatus::Serving)
+        .await;
     loop {
         let status = if *ready.borrow_and_update() {
             ServingStatus::Serving
         } else {
             ServingStatus::NotServing
         };
-        reporter.set_service_status("", status).await;
         reporter.set_service_status(SERVICE_NAME, status).await;
         if ready.changed().await.is_err() {
-            reporter
-                .set_service_status("", ServingStatus::NotServing)
-                .await;
             reporter
                 .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
                 .await;

@@ -3,6 +3,10 @@
 use clap::Parser;
 use jobpipe_producer::{ProducerError, config::Config};
 use jobpipe_runtime::{
+    amqp::{
+        LinkError,
+        link::{connection_name, declare_once},
+    },
     process::{self, EX_CONFIG, EX_USAGE},
     settings::Env,
 };
@@ -18,6 +22,10 @@ struct Args {
     /// Check the configuration, print the result and exit.
     #[arg(long)]
     check_config: bool,
+    /// Declare the topology (exchanges, queues of `topology.queues`, the delay ladder) once and
+    /// exit: for a deploy job, when the services run with `topology.declare = false`.
+    #[arg(long, conflicts_with = "check_config")]
+    declare_topology: bool,
 }
 
 fn main() -> ExitCode {
@@ -33,6 +41,9 @@ fn main() -> ExitCode {
         println!("jobpipe-producer: configuration is valid");
         return ExitCode::SUCCESS;
     }
+    if args.declare_topology {
+        return declare_topology(&config);
+    }
     let (log, telemetry) = (config.log.clone(), config.telemetry.clone());
     let served = process::serve("jobpipe-producer", &log, &telemetry, |shutdown| {
         jobpipe_producer::run(config, shutdown)
@@ -47,6 +58,44 @@ fn main() -> ExitCode {
         Err(error) => {
             eprintln!("jobpipe-producer: cannot start: {error}");
             ExitCode::from(EX_USAGE)
+        }
+    }
+}
+
+/// Declares the topology once and reports the outcome.
+fn declare_topology(config: &Config) -> ExitCode {
+    let plan = config
+        .topology
+        .topology()
+        .plan(&config.topology.queues, &config.topology.queue_options());
+    let declared = tokio::runtime::Runtime::new().map(|runtime| {
+        runtime.block_on(declare_once(
+            &config.amqp,
+            &plan,
+            connection_name("jobpipe-topology"),
+        ))
+    });
+    match declared {
+        Ok(Ok(())) => {
+            println!(
+                "jobpipe-producer: topology '{}' declared ({} queues, {} exchanges)",
+                config.topology.prefix,
+                plan.queues.len(),
+                plan.exchanges.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(Err(error @ LinkError::Topology(_))) => {
+            eprintln!("jobpipe-producer: {error}");
+            ExitCode::from(EX_CONFIG)
+        }
+        Ok(Err(error)) => {
+            eprintln!("jobpipe-producer: {error}");
+            ExitCode::FAILURE
+        }
+        Err(error) => {
+            eprintln!("jobpipe-producer: cannot start: {error}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -78,3 +78,48 @@ async fn sigterm_drains_and_exits_zero() {
     let status = producer.exit(Duration::from_secs(10)).await;
     assert_eq!(status.code(), Some(0), "{status:?}");
 }
+
+#[tokio::test]
+async fn with_declaring_left_to_a_job_the_producer_checks_and_waits_for_it() {
+    use jobpipe_tests::producer::{self, RunningProducer};
+    let topology = TestTopology::new("verify", &["default"]);
+    let mut config = producer::config(&topology);
+    config.topology.declare = false;
+    let missing = RunningProducer::spawn(config.clone())
+        .await
+        .stopped()
+        .await
+        .expect_err("nothing declared yet")
+        .to_string();
+    assert!(missing.contains("does not exist"), "{missing}");
+    assert!(
+        missing.contains("--declare-topology"),
+        "says what to do: {missing}"
+    );
+
+    let prefix = topology.config().prefix.to_string();
+    let (status, said) = output(
+        "jobpipe-producer",
+        &["--declare-topology"],
+        &[
+            ("JOBPIPE__AMQP__URL", &amqp_url()),
+            ("JOBPIPE__TOPOLOGY__PREFIX", &prefix),
+        ],
+    )
+    .await;
+    assert!(status.success(), "{said}");
+    assert!(said.contains("declared"), "{said}");
+
+    let producer = RunningProducer::start(config).await;
+    let job = JobSpec {
+        r#type: "noop".into(),
+        ..JobSpec::default()
+    };
+    producer
+        .client()
+        .await
+        .submit_job(SubmitJobRequest { job: Some(job) })
+        .await
+        .expect("served once the topology exists");
+    producer.stop().await.expect("clean stop");
+}

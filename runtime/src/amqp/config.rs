@@ -1,13 +1,14 @@
 //! Broker settings both services share: where the broker is, how the link is supervised, and how
 //! the topology is named and declared.
 
+use crate::settings::ConfigError;
 use jobpipe_proto::{
     names::{Prefix, QueueName},
     topology::{QueueOptions, QueueType, Topology},
 };
 use lapin::uri::AMQPUri;
 use serde::Deserialize;
-use std::{fmt, str::FromStr, time::Duration};
+use std::{fmt, path::PathBuf, str::FromStr, time::Duration};
 
 /// How to reach the broker and how patiently.
 #[derive(Debug, Clone, Deserialize)]
@@ -15,6 +16,14 @@ use std::{fmt, str::FromStr, time::Duration};
 pub struct AmqpConfig {
     /// `amqp://user:password@host:port/vhost`. The password never appears in logs or errors.
     pub url: AmqpUrl,
+    /// The user name, overriding the URL's (for credentials kept apart from the address, as a
+    /// Kubernetes Secret holds them). Empty: the URL's.
+    pub username: String,
+    /// The password, overriding the URL's. Empty: the URL's (or `password_file`'s).
+    pub password: Secret,
+    /// A file holding the password (a mounted Secret), read at start; a trailing newline is
+    /// ignored. Wins over `password`.
+    pub password_file: Option<PathBuf>,
     /// AMQP heartbeat: a dead link is noticed within about two of these.
     #[serde(with = "humantime_serde")]
     pub heartbeat: Duration,
@@ -38,12 +47,48 @@ impl Default for AmqpConfig {
     fn default() -> Self {
         Self {
             url: AmqpUrl::local(),
+            username: String::new(),
+            password: Secret::default(),
+            password_file: None,
             heartbeat: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
             confirm_timeout: Duration::from_secs(10),
             recovery_timeout: Duration::from_secs(30),
             frame_max: 64 * 1024,
         }
+    }
+}
+
+impl AmqpConfig {
+    /// Folds `username`, `password` and `password_file` into the URL the connection uses.
+    /// Called once when the configuration loads; the error names the key.
+    pub fn resolve_credentials(&mut self) -> Result<(), ConfigError> {
+        if let Some(path) = &self.password_file {
+            let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Invalid {
+                key: "amqp.password_file",
+                reason: format!("cannot read {}: {}", path.display(), error.kind()),
+            })?;
+            self.password = Secret(text.trim_end_matches(['\n', '\r']).to_owned());
+        }
+        let userinfo = &mut self.url.0.authority.userinfo;
+        if !self.username.is_empty() {
+            userinfo.username = self.username.clone();
+        }
+        if !self.password.0.is_empty() {
+            userinfo.password = self.password.0.clone();
+        }
+        Ok(())
+    }
+}
+
+/// A secret string: its `Debug` never shows it.
+#[derive(Clone, Default, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"***\"" })
     }
 }
 
@@ -62,6 +107,9 @@ pub struct TopologyConfig {
     /// The most ready messages a work queue holds; 0 = unbounded. Beyond it, submissions fail
     /// with RESOURCE_EXHAUSTED.
     pub max_length: u64,
+    /// Declare the topology at start (and after reconnects). When false, only check that it
+    /// exists: an operator or a deploy job owns it, and the service may hold fewer permissions.
+    pub declare: bool,
 }
 
 impl Default for TopologyConfig {
@@ -72,6 +120,7 @@ impl Default for TopologyConfig {
             queue_type: QueueType::Quorum,
             delivery_limit: 5,
             max_length: 0,
+            declare: true,
         }
     }
 }
@@ -180,6 +229,45 @@ mod tests {
     fn parse_errors_do_not_quote_the_url() {
         let error = "http://u:s3cr3t@h".parse::<AmqpUrl>().err().unwrap();
         assert!(!error.contains("s3cr3t"));
+    }
+
+    #[test]
+    fn credentials_apart_from_the_url_override_it_and_stay_hidden() {
+        let dir = std::env::temp_dir().join(format!("jobpipe-pw-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("password");
+        std::fs::write(&file, "from-file-secret\n").unwrap();
+        let mut config = AmqpConfig {
+            url: "amqp://guest:guest@broker:5672/%2f".parse().unwrap(),
+            username: "app".into(),
+            password: Secret("from-env-secret".into()),
+            password_file: Some(file.clone()),
+            ..AmqpConfig::default()
+        };
+        assert!(!format!("{config:?}").contains("from-env-secret"));
+        config.resolve_credentials().unwrap();
+        let userinfo = &config.url.uri().authority.userinfo;
+        assert_eq!(
+            (userinfo.username.as_str(), userinfo.password.as_str()),
+            ("app", "from-file-secret")
+        );
+        let printed = format!("{config:?}");
+        assert!(
+            !printed.contains("from-file-secret") && !printed.contains("from-env-secret"),
+            "{printed}"
+        );
+        let missing = AmqpConfig {
+            password_file: Some(dir.join("nope")),
+            ..AmqpConfig::default()
+        }
+        .resolve_credentials()
+        .unwrap_err()
+        .to_string();
+        assert!(
+            missing.starts_with("amqp.password_file: cannot read"),
+            "{missing}"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

@@ -31,6 +31,22 @@ const POLL_INTERVAL: Duration = Duration::from_millis(250);
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
+/// What the link does with the topology on every (re)connect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Declare {
+    /// Declare every object (idempotent).
+    Declare,
+    /// Only check that every object exists (someone else declares them).
+    Verify,
+}
+
+impl Declare {
+    /// The mode `topology.declare` asks for.
+    pub fn from_config(declare: bool) -> Self {
+        if declare { Self::Declare } else { Self::Verify }
+    }
+}
+
 /// A handle on the supervised connection. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Link {
@@ -101,6 +117,7 @@ impl Link {
     pub fn spawn(
         config: AmqpConfig,
         plan: Plan,
+        declare: Declare,
         connection_name: String,
         shutdown: CancellationToken,
     ) -> (Self, tokio::task::JoinHandle<()>) {
@@ -108,6 +125,7 @@ impl Link {
         let supervisor = Supervisor {
             config,
             plan,
+            declare,
             connection_name,
             shutdown,
             state: sender,
@@ -153,6 +171,7 @@ impl Link {
 struct Supervisor {
     config: AmqpConfig,
     plan: Plan,
+    declare: Declare,
     connection_name: String,
     shutdown: CancellationToken,
     state: watch::Sender<LinkState>,
@@ -254,7 +273,10 @@ impl Supervisor {
                 endpoint: self.config.url.endpoint(),
                 reason: error.to_string(),
             })?;
-        let declared = topology::declare(&channel, &self.plan).await;
+        let declared = match self.declare {
+            Declare::Declare => topology::declare(&channel, &self.plan).await,
+            Declare::Verify => topology::verify(&channel, &self.plan).await,
+        };
         // The channel is closed by the broker already when a declaration was refused.
         let _ = channel.close(200, "declared".into()).await;
         declared.map_err(LinkError::from)
@@ -304,6 +326,34 @@ impl Supervisor {
             }
         }
     }
+}
+
+/// Declares `plan` once on a connection of its own and closes it: for the deploy job that owns the
+/// topology when the services only check it.
+pub async fn declare_once(
+    config: &AmqpConfig,
+    plan: &Plan,
+    connection_name: String,
+) -> Result<(), LinkError> {
+    let connect_error = |reason: String| LinkError::Connect {
+        endpoint: config.url.endpoint(),
+        reason,
+    };
+    let properties = ConnectionProperties::default().with_connection_name(connection_name.into());
+    let connection = tokio::time::timeout(
+        config.connect_timeout,
+        Connection::connect_uri(config.url.uri().clone(), properties),
+    )
+    .await
+    .map_err(|_| connect_error("timed out".into()))?
+    .map_err(|error| connect_error(error.to_string()))?;
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(|error| connect_error(error.to_string()))?;
+    let declared = topology::declare(&channel, plan).await;
+    close(&connection).await;
+    declared.map_err(LinkError::from)
 }
 
 async fn close(connection: &Connection) {

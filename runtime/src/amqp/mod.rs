@@ -5,6 +5,6 @@ pub mod link;
 pub mod publisher;
 pub mod topology;
 
-pub use config::{AmqpConfig, AmqpUrl, TopologyConfig};
-pub use link::{Link, LinkError, LinkState, Session};
+pub use config::{AmqpConfig, AmqpUrl, Secret, TopologyConfig};
+pub use link::{Declare, Link, LinkError, LinkState, Session};
 pub use publisher::{Pending, PublishError, Publisher};

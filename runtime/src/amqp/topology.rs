@@ -24,6 +24,15 @@ pub enum TopologyError {
         /// The broker's explanation.
         detail: String,
     },
+    /// An object this service only checks for does not exist (`topology.declare = false`).
+    #[error(
+        "{object} does not exist; this service only checks the topology (topology.declare = \
+         false): declare it first (`jobpipe-producer --declare-topology`, or the chart's topology job)"
+    )]
+    Missing {
+        /// The object, e.g. `queue 'jobpipe.default'`.
+        object: String,
+    },
     /// Any other failure while declaring.
     #[error("declaring {object} failed: {reason}")]
     Declare {
@@ -146,6 +155,9 @@ fn refusal(object: String, error: &lapin::Error) -> TopologyError {
         lapin::ErrorKind::ProtocolError(amqp) => amqp.get_message().to_string(),
         _ => error.to_string(),
     };
+    if text.starts_with("NOT_FOUND") {
+        return TopologyError::Missing { object };
+    }
     match parse_mismatch(&text) {
         Some((argument, detail)) => TopologyError::Mismatch {
             object,
