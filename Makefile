@@ -1,7 +1,7 @@
 # jobpipe's two commands are `make run` and `make test`; CI runs `make ci`.
 CARGO ?= cargo
 
-.PHONY: run test ci lint bench broker tools build
+.PHONY: run test ci lint bench image broker tools build
 
 ## run: the pipeline on this machine, with a demo (Ctrl-C stops it)
 run: broker tools
@@ -23,6 +23,10 @@ ci: lint test
 bench: broker
 	$(CARGO) build --release --workspace --bins
 	target/release/jobpipe-bench $(BENCH_ARGS)
+
+## image: the container image (docker, or buildah; see deploy/README.md)
+image:
+	deploy/docker/build.sh
 
 ## lint: formatting and clippy, warnings are errors
 lint:
