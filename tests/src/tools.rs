@@ -15,3 +15,17 @@ pub fn venv_tool(name: &str) -> PathBuf {
     );
     path
 }
+
+/// The path of a tool installed into `.tools/bin` (helm), failing the test with the fix if it is
+/// missing.
+pub fn project_tool(name: &str) -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../.tools/bin")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run tests/tools/install.sh (make test does)",
+        path.display()
+    );
+    path
+}
