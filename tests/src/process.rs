@@ -47,6 +47,13 @@ impl Service {
         }
     }
 
+    /// Starts `command` (for binaries run under a wrapper such as a sandbox).
+    pub fn spawn(mut command: Command) -> Self {
+        Self {
+            child: command.kill_on_drop(true).spawn().expect("spawn"),
+        }
+    }
+
     /// Starts binary `name` with its standard output piped to the caller.
     pub fn start_piped(
         name: &str,

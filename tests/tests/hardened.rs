@@ -1,0 +1,183 @@
+//! What the container image promises, proven on the binaries (no container runtime here): they
+//! run as a numeric non-root user on a read-only root filesystem with only a tmpfs `/tmp`, read
+//! their configuration from a mounted file, and take the broker password from the environment
+//! (producer) or from a mounted secret file (consumer). `bwrap` provides the sandbox.
+
+use jobpipe_proto::v1::{JobSpec, SubmitJobRequest, job_service_client::JobServiceClient};
+use jobpipe_tests::{
+    broker::TestTopology,
+    consumer::sample,
+    eventually, http_get,
+    process::{Service, bin_path, free_port},
+};
+use std::{os::unix::fs::PermissionsExt, path::Path, time::Duration};
+use tokio::process::Command;
+
+/// The image's user.
+const UID: &str = "65532";
+
+/// `binary --config /run/jobpipe/<config>` as uid 65532, everything read-only but `/tmp`, with
+/// `mounted` (a directory of the host) at `/run/jobpipe` (the sandbox cannot create a mount point
+/// in its read-only `/etc`; in the chart it is `/etc/jobpipe`).
+fn sandboxed(binary: &str, config: &str, mounted: &Path, env: &[(&str, &str)]) -> Service {
+    let mut command = Command::new("bwrap");
+    command
+        .args([
+            "--ro-bind",
+            "/",
+            "/",
+            "--tmpfs",
+            "/tmp",
+            "--dev",
+            "/dev",
+            "--proc",
+            "/proc",
+        ])
+        .args(["--tmpfs", "/run", "--ro-bind"])
+        .arg(mounted)
+        .arg("/run/jobpipe")
+        .args([
+            "--unshare-user",
+            "--uid",
+            UID,
+            "--gid",
+            UID,
+            "--chdir",
+            "/",
+            "--die-with-parent",
+        ])
+        .arg("--")
+        .arg(bin_path(binary))
+        .args(["--config", &format!("/run/jobpipe/{config}")])
+        .env_clear()
+        .env("TMPDIR", "/tmp")
+        .envs(env.iter().copied());
+    Service::spawn(command)
+}
+
+fn write(dir: &Path, name: &str, contents: &str) {
+    let path = dir.join(name);
+    std::fs::write(&path, contents).expect("write");
+    // As a ConfigMap or Secret volume mounts them: readable, owned by someone else.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+}
+
+#[tokio::test]
+async fn the_services_run_as_non_root_on_a_read_only_filesystem_with_mounted_config_and_secrets() {
+    let topology = TestTopology::new("hardened", &["default"]);
+    let prefix = topology.config().prefix.to_string();
+    let mounted = tempfile::tempdir().expect("temp dir");
+    std::fs::set_permissions(mounted.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod");
+    let (grpc, producer_admin, consumer_admin) = (free_port(), free_port(), free_port());
+    // No password in the URL: it comes from the environment or a file.
+    let common = format!(
+        "[amqp]\nurl = \"amqp://guest@127.0.0.1:5672/%2f\"\n{{secret}}\n\
+         [topology]\nprefix = \"{prefix}\"\nqueues = [\"default\"]\n[log]\nformat = \"json\"\n"
+    );
+    write(
+        mounted.path(),
+        "producer.toml",
+        &format!(
+            "[grpc]\nlisten = \"{grpc}\"\n[admin]\nlisten = \"{producer_admin}\"\n{}",
+            common.replace("{secret}", "")
+        ),
+    );
+    write(
+        mounted.path(),
+        "consumer.toml",
+        &format!(
+            "[admin]\nlisten = \"{consumer_admin}\"\n{}",
+            common.replace("{secret}", "password_file = \"/run/jobpipe/amqp-password\"")
+        ),
+    );
+    write(mounted.path(), "amqp-password", "guest\n");
+
+    let producer = sandboxed(
+        "jobpipe-producer",
+        "producer.toml",
+        mounted.path(),
+        &[("JOBPIPE__AMQP__PASSWORD", "guest")],
+    );
+    let consumer = sandboxed("jobpipe-consumer", "consumer.toml", mounted.path(), &[]);
+    for admin in [producer_admin, consumer_admin] {
+        eventually(
+            Duration::from_secs(30),
+            "a sandboxed service to be ready",
+            || async move { http_get(admin, "/readyz").await.0 == 200 },
+        )
+        .await;
+    }
+
+    let mut client = JobServiceClient::connect(format!("http://{grpc}"))
+        .await
+        .expect("connect");
+    let job = JobSpec {
+        r#type: "noop".into(),
+        ..JobSpec::default()
+    };
+    client
+        .submit_job(SubmitJobRequest { job: Some(job) })
+        .await
+        .expect("submitted");
+    eventually(Duration::from_secs(20), "the job to be processed", || async {
+        let metrics = http_get(consumer_admin, "/metrics").await.1;
+        sample(&metrics, r#"jobpipe_consumer_jobs_total{queue="default",type="noop",outcome="succeeded",reason=""}"#)
+            == Some(1.0)
+    })
+    .await;
+
+    for service in [producer, consumer] {
+        // bwrap does not forward signals: send SIGTERM to the service itself, as a container
+        // runtime does; bwrap then exits with the service's status.
+        let inner = inner_pid(service.pid());
+        let killed = std::process::Command::new("kill")
+            .args(["-TERM", &inner.to_string()])
+            .status()
+            .expect("kill");
+        assert!(killed.success());
+        let status = service.exit(Duration::from_secs(20)).await;
+        assert_eq!(status.code(), Some(0), "{status:?}");
+    }
+}
+
+/// The process bwrap started.
+fn inner_pid(bwrap: u32) -> u32 {
+    std::fs::read_to_string(format!("/proc/{bwrap}/task/{bwrap}/children"))
+        .expect("bwrap's children")
+        .split_whitespace()
+        .next()
+        .and_then(|pid| pid.parse().ok())
+        .expect("one child")
+}
+
+#[tokio::test]
+async fn the_sandbox_really_is_read_only_and_unprivileged() {
+    // The test above means something only if the sandbox denies what it claims to.
+    let out = Command::new("bwrap")
+        .args([
+            "--ro-bind",
+            "/",
+            "/",
+            "--tmpfs",
+            "/tmp",
+            "--dev",
+            "/dev",
+            "--proc",
+            "/proc",
+        ])
+        .args(["--unshare-user", "--uid", UID, "--gid", UID, "--"])
+        .args([
+            "sh",
+            "-c",
+            "id -u; touch /etc/jobpipe-probe 2>&1; touch /tmp/ok && echo tmp-writable",
+        ])
+        .output()
+        .await
+        .expect("bwrap (tests/tools/install.sh installs bubblewrap)");
+    let said = String::from_utf8_lossy(&out.stdout);
+    let mut lines = said.lines();
+    assert_eq!(lines.next(), Some(UID), "{said}");
+    assert!(said.contains("Read-only file system"), "{said}");
+    assert!(said.contains("tmp-writable"), "{said}");
+}
