@@ -36,11 +36,9 @@ use crate::{
     subscription::Workers,
 };
 use jobpipe_runtime::{
-    admin::{Admin, AdminState},
-    amqp::{Declare, Link, LinkError},
-    metrics::register_build_info,
-    queue_state::QueueState,
-    readiness,
+    admin::Admin,
+    amqp::LinkError,
+    base::{BaseConfig, ServiceBase},
 };
 use prometheus_client::registry::Registry;
 use std::{io, net::SocketAddr, sync::Arc};
@@ -108,50 +106,35 @@ impl Consumer {
             admin,
         } = self;
         let retry = RetryPolicy::try_new(&config.retry)?;
-        let topology = config.topology.topology();
-        let plan = topology.plan(&config.topology.queues, &config.topology.queue_options());
-        let link_shutdown = CancellationToken::new();
         let instance = config.instance();
-        let (link, link_task) = Link::spawn(
-            config.amqp.clone(),
-            plan,
-            Declare::from_config(config.topology.declare),
-            instance.clone(),
-            link_shutdown.clone(),
-        );
-
         let mut registry = Registry::default();
         let metrics = ConsumerMetrics::register(
             &mut registry,
             config.topology.queues.iter().map(|q| q.as_str()),
             handlers.types().map(|t| t.as_str()),
         );
-        register_build_info(&mut registry, "jobpipe-consumer");
-        let poller = tokio::spawn(QueueState::register(&mut registry).poll(
-            link.clone(),
-            topology.clone(),
-            config.topology.queues.clone(),
-            config.metrics.queue_poll_interval,
-            shutdown.clone(),
-        ));
-        let ready = readiness::track(&link, shutdown.clone(), metrics.broker_connected.clone());
-        let admin_shutdown = CancellationToken::new();
-        let admin_task = tokio::spawn(admin.serve(
-            AdminState {
-                ready,
-                registry: Arc::new(registry),
+        let base = ServiceBase::start(
+            BaseConfig {
+                service: "jobpipe-consumer",
+                amqp: &config.amqp,
+                topology: &config.topology,
+                metrics: &config.metrics,
             },
-            admin_shutdown.clone(),
-        ));
+            instance.clone(),
+            admin,
+            registry,
+            metrics.broker_connected.clone(),
+            &shutdown,
+        );
 
         let workers = Workers {
             ctx: Arc::new(Context::new(
-                link.clone(),
+                base.link.clone(),
                 handlers,
                 retry,
                 instance,
                 metrics,
-                topology,
+                config.topology.topology(),
             )),
             permits: Arc::new(Semaphore::new(config.consumer.concurrency)),
             tracker: TaskTracker::new(),
@@ -168,7 +151,7 @@ impl Consumer {
         info!(queues = ?config.topology.queues, "Consumer started.");
 
         let outcome = tokio::select! {
-            fatal = link.wait_first_up() => match fatal {
+            fatal = base.link.wait_first_up() => match fatal {
                 Err(error) => Err(ConsumerError::Topology(error)),
                 Ok(_) => {
                     shutdown.cancelled().await;
@@ -180,11 +163,7 @@ impl Consumer {
         shutdown.cancel();
         while subscriptions.join_next().await.is_some() {}
         drain(&workers.tracker, &config).await;
-        link_shutdown.cancel();
-        admin_shutdown.cancel();
-        let _ = poller.await;
-        let _ = link_task.await;
-        let _ = admin_task.await;
+        base.stop().await;
         info!("Consumer stopped.");
         outcome
     }

@@ -5,53 +5,36 @@ use clap::Parser;
 use jobpipe_consumer::{ConsumerError, Handlers, builtin::Builtin, config::Config};
 use jobpipe_proto::names::JobType;
 use jobpipe_runtime::{
-    process::{self, EX_CONFIG, EX_USAGE},
+    process::{self, ConfigArgs},
     settings::Env,
 };
-use std::{path::PathBuf, process::ExitCode};
+use std::process::ExitCode;
 
 /// Processes jobs from RabbitMQ: retries with backoff, dead-letters with a failure record.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
-    /// A TOML configuration file; `JOBPIPE__SECTION__KEY` environment variables override it.
-    #[arg(long, env = "JOBPIPE_CONFIG")]
-    config: Option<PathBuf>,
-    /// Check the configuration, print the result and exit.
-    #[arg(long)]
-    check_config: bool,
+    #[command(flatten)]
+    config: ConfigArgs,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let config = match Config::load(args.config.as_deref(), Env::Process) {
+    let config = match args
+        .config
+        .load("jobpipe-consumer", |file| Config::load(file, Env::Process))
+    {
         Ok(config) => config,
-        Err(error) => {
-            eprintln!("jobpipe-consumer: invalid configuration: {error}");
-            return ExitCode::from(EX_USAGE);
-        }
+        Err(done) => return done,
     };
-    if args.check_config {
-        println!("jobpipe-consumer: configuration is valid");
-        return ExitCode::SUCCESS;
-    }
     let handlers = builtin_handlers(&config);
     let (log, telemetry) = (config.log.clone(), config.telemetry.clone());
     let served = process::serve("jobpipe-consumer", &log, &telemetry, |shutdown| {
         jobpipe_consumer::run(config, handlers, shutdown)
     });
-    match served {
-        Ok(Ok(())) => ExitCode::SUCCESS,
-        Ok(Err(error)) => {
-            eprintln!("jobpipe-consumer: {error}");
-            let topology = matches!(error, ConsumerError::Topology(_));
-            ExitCode::from(if topology { EX_CONFIG } else { 1 })
-        }
-        Err(error) => {
-            eprintln!("jobpipe-consumer: cannot start: {error}");
-            ExitCode::from(EX_USAGE)
-        }
-    }
+    process::exit_status("jobpipe-consumer", served, |error| {
+        matches!(error, ConsumerError::Topology(_))
+    })
 }
 
 /// The built-in handlers named in the configuration (names checked when it loaded).

@@ -20,11 +20,9 @@ pub mod submission;
 use crate::{config::Config, metrics::ProducerMetrics, service::JobService, submission::Rules};
 use jobpipe_proto::v1::{FILE_DESCRIPTOR_SET, job_service_server::JobServiceServer};
 use jobpipe_runtime::{
-    admin::{Admin, AdminState},
-    amqp::{Declare, Link, LinkError, link::connection_name},
-    metrics::register_build_info,
-    queue_state::QueueState,
-    readiness,
+    admin::Admin,
+    amqp::{LinkError, link::connection_name},
+    base::{BaseConfig, ServiceBase},
 };
 use prometheus_client::registry::Registry;
 use std::{io, net::SocketAddr, sync::Arc};
@@ -110,45 +108,29 @@ impl Producer {
             grpc,
             admin,
         } = self;
-        let topology = config.topology.topology();
-        let plan = topology.plan(&config.topology.queues, &config.topology.queue_options());
-        // The link outlives the gRPC server: draining RPCs still need their confirms.
-        let link_shutdown = CancellationToken::new();
-        let (link, link_task) = Link::spawn(
-            config.amqp.clone(),
-            plan,
-            Declare::from_config(config.topology.declare),
-            connection_name("jobpipe-producer"),
-            link_shutdown.clone(),
-        );
-
         let mut registry = Registry::default();
         let metrics = ProducerMetrics::register(&mut registry, &config.topology.queues);
-        register_build_info(&mut registry, "jobpipe-producer");
-        let poller_shutdown = CancellationToken::new();
-        let poller = tokio::spawn(QueueState::register(&mut registry).poll(
-            link.clone(),
-            topology.clone(),
-            config.topology.queues.clone(),
-            config.metrics.queue_poll_interval,
-            poller_shutdown.clone(),
-        ));
-        let ready = readiness::track(&link, shutdown.clone(), metrics.broker_connected.clone());
-        let (reporter, health) = tonic_health::server::health_reporter();
-        tokio::spawn(report_health(reporter, ready.clone()));
-        let admin_shutdown = CancellationToken::new();
-        let admin_task = tokio::spawn(admin.serve(
-            AdminState {
-                ready,
-                registry: Arc::new(registry),
+        // The base outlives the gRPC server: draining RPCs still need their confirms.
+        let base = ServiceBase::start(
+            BaseConfig {
+                service: "jobpipe-producer",
+                amqp: &config.amqp,
+                topology: &config.topology,
+                metrics: &config.metrics,
             },
-            admin_shutdown.clone(),
-        ));
+            connection_name("jobpipe-producer"),
+            admin,
+            registry,
+            metrics.broker_connected.clone(),
+            &shutdown,
+        );
+        let (reporter, health) = tonic_health::server::health_reporter();
+        tokio::spawn(report_health(reporter, base.ready.clone()));
 
         let jobs = JobServiceServer::new(JobService::new(
-            link.clone(),
+            base.link.clone(),
             Rules::new(config.limits.clone(), config.jobs.clone()),
-            topology,
+            config.topology.topology(),
             config.topology.queues.clone(),
             metrics,
         ))
@@ -167,17 +149,12 @@ impl Producer {
 
         let outcome = tokio::select! {
             served = &mut server => served.map_err(ProducerError::from),
-            fatal = link.wait_first_up() => match fatal {
+            fatal = base.link.wait_first_up() => match fatal {
                 Err(error) => Err(ProducerError::Topology(error)),
                 Ok(_) => drain(&mut server, &shutdown, &config).await,
             },
         };
-        poller_shutdown.cancel();
-        link_shutdown.cancel();
-        admin_shutdown.cancel();
-        let _ = poller.await;
-        let _ = link_task.await;
-        let _ = admin_task.await;
+        base.stop().await;
         info!("Producer stopped.");
         outcome
     }

@@ -7,40 +7,32 @@ use jobpipe_runtime::{
         LinkError,
         link::{connection_name, declare_once},
     },
-    process::{self, EX_CONFIG, EX_USAGE},
+    process::{self, ConfigArgs, EX_CONFIG},
     settings::Env,
 };
-use std::{path::PathBuf, process::ExitCode};
+use std::process::ExitCode;
 
 /// Accepts jobs over gRPC and publishes them to RabbitMQ with publisher confirms.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
-    /// A TOML configuration file; `JOBPIPE__SECTION__KEY` environment variables override it.
-    #[arg(long, env = "JOBPIPE_CONFIG")]
-    config: Option<PathBuf>,
-    /// Check the configuration, print the result and exit.
-    #[arg(long)]
-    check_config: bool,
+    #[command(flatten)]
+    config: ConfigArgs,
     /// Declare the topology (exchanges, queues of `topology.queues`, the delay ladder) once and
     /// exit: for a deploy job, when the services run with `topology.declare = false`.
-    #[arg(long, conflicts_with = "check_config")]
+    #[arg(long)]
     declare_topology: bool,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let config = match Config::load(args.config.as_deref(), Env::Process) {
+    let config = match args
+        .config
+        .load("jobpipe-producer", |file| Config::load(file, Env::Process))
+    {
         Ok(config) => config,
-        Err(error) => {
-            eprintln!("jobpipe-producer: invalid configuration: {error}");
-            return ExitCode::from(EX_USAGE);
-        }
+        Err(done) => return done,
     };
-    if args.check_config {
-        println!("jobpipe-producer: configuration is valid");
-        return ExitCode::SUCCESS;
-    }
     if args.declare_topology {
         return declare_topology(&config);
     }
@@ -48,18 +40,9 @@ fn main() -> ExitCode {
     let served = process::serve("jobpipe-producer", &log, &telemetry, |shutdown| {
         jobpipe_producer::run(config, shutdown)
     });
-    match served {
-        Ok(Ok(())) => ExitCode::SUCCESS,
-        Ok(Err(error)) => {
-            eprintln!("jobpipe-producer: {error}");
-            let topology = matches!(error, ProducerError::Topology(_));
-            ExitCode::from(if topology { EX_CONFIG } else { 1 })
-        }
-        Err(error) => {
-            eprintln!("jobpipe-producer: cannot start: {error}");
-            ExitCode::from(EX_USAGE)
-        }
-    }
+    process::exit_status("jobpipe-producer", served, |error| {
+        matches!(error, ProducerError::Topology(_))
+    })
 }
 
 /// Declares the topology once and reports the outcome.

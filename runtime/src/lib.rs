@@ -1,6 +1,8 @@
 //! What both jobpipe services run on.
 //!
 //! - [`amqp`]: broker I/O — the supervised link, topology declaration, confirmed publishing.
+//! - [`base`]: what every service runs beside its work (the link, the admin endpoint), started
+//!   and stopped as one.
 //! - [`settings`]: layered configuration (defaults, file, `JOBPIPE__*` environment).
 //! - [`shutdown`]: the signal that starts a drain; [`process`]: what every binary's `main` does.
 //! - [`readiness`], [`admin`], [`metrics`] and [`queue_state`]: what `/readyz`, gRPC health and
@@ -12,6 +14,7 @@
 
 pub mod admin;
 pub mod amqp;
+pub mod base;
 pub mod metrics;
 pub mod process;
 pub mod propagation;

@@ -1,0 +1,99 @@
+//! What every service runs beside its own work: the supervised broker link, and the admin
+//! endpoint with readiness and metrics (the service's own, build info, and queue depths). Started
+//! together, stopped together, last.
+
+use crate::{
+    admin::{Admin, AdminState},
+    amqp::{AmqpConfig, Declare, Link, TopologyConfig},
+    metrics::register_build_info,
+    queue_state::{MetricsConfig, QueueState},
+    readiness,
+};
+use prometheus_client::{metrics::gauge::Gauge, registry::Registry};
+use std::sync::Arc;
+use tokio::{sync::watch, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+
+/// The settings the base needs from a service's configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct BaseConfig<'a> {
+    /// The service's name for build info (`jobpipe-producer`).
+    pub service: &'static str,
+    /// The broker.
+    pub amqp: &'a AmqpConfig,
+    /// The topology to declare (or check) on every connect.
+    pub topology: &'a TopologyConfig,
+    /// Queue depth polling.
+    pub metrics: &'a MetricsConfig,
+}
+
+/// The running base of a service.
+#[derive(Debug)]
+pub struct ServiceBase {
+    /// The broker link.
+    pub link: Link,
+    /// `true` while the service is ready (link up, not draining).
+    pub ready: watch::Receiver<bool>,
+    stop: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl ServiceBase {
+    /// Starts the link (named `connection_name` in RabbitMQ) and the admin endpoint serving
+    /// `registry`, which gets build info and queue depths too; `connected` follows the link.
+    /// Readiness turns false when `draining` is cancelled, while the link stays up for the drain.
+    pub fn start(
+        config: BaseConfig<'_>,
+        connection_name: String,
+        admin: Admin,
+        mut registry: Registry,
+        connected: Gauge,
+        draining: &CancellationToken,
+    ) -> Self {
+        let stop = CancellationToken::new();
+        let topology = config.topology.topology();
+        let plan = topology.plan(&config.topology.queues, &config.topology.queue_options());
+        let (link, link_task) = Link::spawn(
+            config.amqp.clone(),
+            plan,
+            Declare::from_config(config.topology.declare),
+            connection_name,
+            stop.clone(),
+        );
+        register_build_info(&mut registry, config.service);
+        let poller = tokio::spawn(QueueState::register(&mut registry).poll(
+            link.clone(),
+            topology,
+            config.topology.queues.clone(),
+            config.metrics.queue_poll_interval,
+            stop.clone(),
+        ));
+        let ready = readiness::track(&link, draining.clone(), connected);
+        let state = AdminState {
+            ready: ready.clone(),
+            registry: Arc::new(registry),
+        };
+        let admin = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                // A failing admin endpoint must not take the service down; it logs nothing
+                // more than its bind already reported.
+                let _ = admin.serve(state, stop).await;
+            }
+        });
+        Self {
+            link,
+            ready,
+            stop,
+            tasks: vec![link_task, poller, admin],
+        }
+    }
+
+    /// Closes the broker connection and the admin endpoint, and waits for both.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
