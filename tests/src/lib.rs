@@ -1,5 +1,5 @@
 //! The harness jobpipe's integration tests share: the real broker with a topology per test
-//! ([`broker`]), services run in-process ([`producer`], [`consumer`]) or as processes ([`process`]), a
+//! ([`broker`]), services run in-process ([`producer`], [`consumer`], both at once: [`stack`]) or as processes ([`process`]), a
 //! proxy to cut connections ([`proxy`]), third-party clients ([`tools`]),
 //! and a real OTLP collector ([`otlp`]). Every wait is bounded by [`within`].
 
@@ -9,6 +9,7 @@ pub mod otlp;
 pub mod process;
 pub mod producer;
 pub mod proxy;
+pub mod stack;
 pub mod tools;
 
 use std::{future::Future, net::SocketAddr, time::Duration};

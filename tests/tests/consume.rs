@@ -12,6 +12,7 @@ use jobpipe_tests::{
     consumer::{self, RunningConsumer, next_seen, recording_handlers},
     eventually,
     producer::{self, RunningProducer},
+    stack::Stack,
 };
 use lapin::BasicProperties;
 use std::{
@@ -26,17 +27,6 @@ fn job(job_type: &str, payload: &str) -> JobSpec {
         payload: payload.as_bytes().to_vec().into(),
         ..JobSpec::default()
     }
-}
-
-async fn submit(producer: &RunningProducer, spec: JobSpec) -> String {
-    producer
-        .client()
-        .await
-        .submit_job(SubmitJobRequest { job: Some(spec) })
-        .await
-        .expect("submitted")
-        .into_inner()
-        .job_id
 }
 
 #[tokio::test]
@@ -111,17 +101,10 @@ async fn competing_consumers_share_the_work_and_ack_everything() {
 
 #[tokio::test]
 async fn transient_failures_retry_with_growing_backoff_until_success() {
-    let topology = TestTopology::new("retry", &["default"]);
-    let producer = RunningProducer::start(producer::config(&topology)).await;
-    let (seen_tx, mut seen) = mpsc::unbounded_channel();
-    let consumer = RunningConsumer::start(
-        consumer::config(&topology, "c"),
-        recording_handlers("c", &seen_tx),
-    )
-    .await;
+    let mut stack = Stack::start("retry").await;
 
-    let id = submit(&producer, job("fail", "2")).await;
-    let attempts = next_seen(&mut seen, 3, Duration::from_secs(30)).await;
+    let id = stack.submit(job("fail", "2")).await;
+    let attempts = next_seen(&mut stack.seen, 3, Duration::from_secs(30)).await;
     assert!(attempts.iter().all(|a| a.job_id == id));
     assert_eq!(
         attempts.iter().map(|a| a.attempt).collect::<Vec<_>>(),
@@ -140,7 +123,7 @@ async fn transient_failures_retry_with_growing_backoff_until_success() {
     );
     assert!(second_gap > first_gap, "gaps grow");
 
-    let metrics = consumer.metrics().await;
+    let metrics = stack.consumer.metrics().await;
     let series = |outcome: &str, reason: &str| {
         consumer::sample(
             &metrics,
@@ -151,7 +134,7 @@ async fn transient_failures_retry_with_growing_backoff_until_success() {
     };
     eventually(Duration::from_secs(5), "the success to be counted", || async {
         consumer::sample(
-            &consumer.metrics().await,
+            &stack.consumer.metrics().await,
             r#"jobpipe_consumer_jobs_total{queue="default",type="fail",outcome="succeeded",reason=""}"#,
         ) == Some(1.0)
     })
@@ -159,46 +142,36 @@ async fn transient_failures_retry_with_growing_backoff_until_success() {
     assert_eq!(series("retried", "transient"), Some(2.0));
     let probe = Probe::connect().await.expect("probe");
     assert_eq!(
-        probe.message_count(&topology.dead_queue("default")).await,
+        probe
+            .message_count(&stack.topology.dead_queue("default"))
+            .await,
         0
     );
-    consumer.stop().await.expect("clean stop");
-    producer.stop().await.expect("clean stop");
+    stack.stop().await;
 }
 
 #[tokio::test]
 async fn permanent_and_exhausted_failures_are_dead_lettered_with_their_history() {
-    let topology = TestTopology::new("deadletter", &["default"]);
-    let producer = RunningProducer::start(producer::config(&topology)).await;
-    let (seen_tx, mut seen) = mpsc::unbounded_channel();
-    let consumer = RunningConsumer::start(
-        consumer::config(&topology, "c"),
-        recording_handlers("c", &seen_tx),
-    )
-    .await;
+    let mut stack = Stack::start("deadletter").await;
 
-    let permanent = submit(
-        &producer,
-        JobSpec {
+    let permanent = stack
+        .submit(JobSpec {
             job_id: "perm".into(),
             ..job("fail", "permanent")
-        },
-    )
-    .await;
-    let exhausted = submit(
-        &producer,
-        JobSpec {
+        })
+        .await;
+    let exhausted = stack
+        .submit(JobSpec {
             job_id: "exh".into(),
             max_attempts: 2,
             metadata: HashMap::from([("tenant".into(), "acme".into())]),
             ..job("fail", "always")
-        },
-    )
-    .await;
-    next_seen(&mut seen, 3, Duration::from_secs(30)).await;
+        })
+        .await;
+    next_seen(&mut stack.seen, 3, Duration::from_secs(30)).await;
 
     let probe = Probe::connect().await.expect("probe");
-    let dead_queue = topology.dead_queue("default");
+    let dead_queue = stack.topology.dead_queue("default");
     eventually(Duration::from_secs(10), "two dead letters", || async {
         probe.message_count(&dead_queue).await == 2
     })
@@ -272,23 +245,15 @@ async fn permanent_and_exhausted_failures_are_dead_lettered_with_their_history()
         Some("acme"),
         "metadata kept"
     );
-    consumer.stop().await.expect("clean stop");
-    producer.stop().await.expect("clean stop");
+    stack.stop().await;
 }
 
 #[tokio::test]
 async fn unknown_types_and_unreadable_messages_are_dead_lettered_after_one_delivery() {
-    let topology = TestTopology::new("unreadable", &["default"]);
-    let producer = RunningProducer::start(producer::config(&topology)).await;
-    let (seen_tx, mut seen) = mpsc::unbounded_channel();
-    let consumer = RunningConsumer::start(
-        consumer::config(&topology, "c"),
-        recording_handlers("c", &seen_tx),
-    )
-    .await;
+    let mut stack = Stack::start("unreadable").await;
 
     let probe = Probe::connect().await.expect("probe");
-    let queue = topology.work_queue("default");
+    let queue = stack.topology.work_queue("default");
     let nobody = JobProperties {
         id: JobId::try_new("nobody-1").expect("id"),
         job_type: JobType::try_new("nobody.handles.this").expect("type"),
@@ -307,7 +272,7 @@ async fn unknown_types_and_unreadable_messages_are_dead_lettered_after_one_deliv
         .publish("", &queue, b"\xff\x00 not a job", garbled)
         .await;
 
-    let dead_queue = topology.dead_queue("default");
+    let dead_queue = stack.topology.dead_queue("default");
     eventually(Duration::from_secs(10), "two dead letters", || async {
         probe.message_count(&dead_queue).await == 2
     })
@@ -342,23 +307,15 @@ async fn unknown_types_and_unreadable_messages_are_dead_lettered_after_one_deliv
         ])
     );
 
-    let id = submit(&producer, job("noop", "")).await;
-    let after = next_seen(&mut seen, 1, Duration::from_secs(10)).await;
+    let id = stack.submit(job("noop", "")).await;
+    let after = next_seen(&mut stack.seen, 1, Duration::from_secs(10)).await;
     assert_eq!(after[0].job_id, id, "the consumer keeps running");
-    consumer.stop().await.expect("clean stop");
-    producer.stop().await.expect("clean stop");
+    stack.stop().await;
 }
 
 #[tokio::test]
 async fn a_scheduled_job_runs_after_its_delay_and_not_before() {
-    let topology = TestTopology::new("delay", &["default"]);
-    let producer = RunningProducer::start(producer::config(&topology)).await;
-    let (seen_tx, mut seen) = mpsc::unbounded_channel();
-    let consumer = RunningConsumer::start(
-        consumer::config(&topology, "c"),
-        recording_handlers("c", &seen_tx),
-    )
-    .await;
+    let mut stack = Stack::start("delay").await;
 
     let submitted = Instant::now();
     let spec = JobSpec {
@@ -368,8 +325,8 @@ async fn a_scheduled_job_runs_after_its_delay_and_not_before() {
         }),
         ..job("noop", "")
     };
-    let id = submit(&producer, spec).await;
-    let seen = next_seen(&mut seen, 1, Duration::from_secs(15)).await;
+    let id = stack.submit(spec).await;
+    let seen = next_seen(&mut stack.seen, 1, Duration::from_secs(15)).await;
     let waited = seen[0].at - submitted;
     eprintln!("scheduled 3 s ahead, ran after {waited:?}");
     assert_eq!(seen[0].job_id, id);
@@ -378,7 +335,8 @@ async fn a_scheduled_job_runs_after_its_delay_and_not_before() {
         "ran early, after {waited:?}"
     );
 
-    let unknown = producer
+    let unknown = stack
+        .producer
         .client()
         .await
         .submit_job(SubmitJobRequest {
@@ -398,33 +356,22 @@ async fn a_scheduled_job_runs_after_its_delay_and_not_before() {
         tonic::Code::FailedPrecondition,
         "{unknown:?}"
     );
-    consumer.stop().await.expect("clean stop");
-    producer.stop().await.expect("clean stop");
+    stack.stop().await;
 }
 
 #[tokio::test]
 async fn panics_and_timeouts_are_failures_with_their_own_kind() {
-    let topology = TestTopology::new("panic", &["default"]);
-    let producer = RunningProducer::start(producer::config(&topology)).await;
-    let (seen_tx, mut seen) = mpsc::unbounded_channel();
-    let consumer = RunningConsumer::start(
-        consumer::config(&topology, "c"),
-        recording_handlers("c", &seen_tx),
-    )
-    .await;
+    let mut stack = Stack::start("panic").await;
 
-    submit(
-        &producer,
-        JobSpec {
+    stack
+        .submit(JobSpec {
             job_id: "panics".into(),
             max_attempts: 2,
             ..job("fail", "panic")
-        },
-    )
-    .await;
-    submit(
-        &producer,
-        JobSpec {
+        })
+        .await;
+    stack
+        .submit(JobSpec {
             job_id: "slow".into(),
             max_attempts: 1,
             timeout: Some(prost_types::Duration {
@@ -432,12 +379,11 @@ async fn panics_and_timeouts_are_failures_with_their_own_kind() {
                 nanos: 0,
             }),
             ..job("sleep", "30s")
-        },
-    )
-    .await;
-    next_seen(&mut seen, 3, Duration::from_secs(30)).await;
+        })
+        .await;
+    next_seen(&mut stack.seen, 3, Duration::from_secs(30)).await;
     let probe = Probe::connect().await.expect("probe");
-    let dead_queue = topology.dead_queue("default");
+    let dead_queue = stack.topology.dead_queue("default");
     eventually(Duration::from_secs(10), "two dead letters", || async {
         probe.message_count(&dead_queue).await == 2
     })
@@ -471,8 +417,7 @@ async fn panics_and_timeouts_are_failures_with_their_own_kind() {
         found["slow"],
         ("timeout".to_owned(), vec!["timeout".to_owned()])
     );
-    consumer.stop().await.expect("clean stop");
-    producer.stop().await.expect("clean stop");
+    stack.stop().await;
 }
 
 #[tokio::test]
@@ -494,8 +439,17 @@ async fn a_delayed_job_whose_queue_vanished_is_caught_and_does_not_stall_its_lev
         ..job("noop", "")
     };
     // The orphan goes first: it reaches the head of the level queue before the other job.
-    submit(&producer, in_two_seconds("gone", "orphan")).await;
-    submit(&producer, in_two_seconds("kept", "survivor")).await;
+    for spec in [
+        in_two_seconds("gone", "orphan"),
+        in_two_seconds("kept", "survivor"),
+    ] {
+        producer
+            .client()
+            .await
+            .submit_job(SubmitJobRequest { job: Some(spec) })
+            .await
+            .expect("submitted");
+    }
     let probe = Probe::connect().await.expect("probe");
     probe.delete_queue(&topology.work_queue("gone")).await;
 

@@ -20,6 +20,33 @@ const UID: &str = "65532";
 /// `mounted` (a directory of the host) at `/run/jobpipe` (the sandbox cannot create a mount point
 /// in its read-only `/etc`; in the chart it is `/etc/jobpipe`).
 fn sandboxed(binary: &str, config: &str, mounted: &Path, env: &[(&str, &str)]) -> Service {
+    let binary = bin_path(binary);
+    let (bin_dir, name) = (
+        binary.parent().expect("bin dir"),
+        binary.file_name().expect("name"),
+    );
+    let mut command = sandbox();
+    // The binaries and the configuration are mounted under /run: the host's copies may live
+    // under /tmp, which the sandbox replaces with an empty tmpfs.
+    command
+        .args(["--tmpfs", "/run", "--ro-bind"])
+        .arg(mounted)
+        .arg("/run/jobpipe")
+        .arg("--ro-bind")
+        .arg(bin_dir)
+        .arg("/run/bin")
+        .args(["--chdir", "/", "--die-with-parent", "--"])
+        .arg(Path::new("/run/bin").join(name))
+        .args(["--config", &format!("/run/jobpipe/{config}")])
+        .env_clear()
+        .env("TMPDIR", "/tmp")
+        .envs(env.iter().copied());
+    Service::spawn(command)
+}
+
+/// bwrap with the image's constraints: the host's root read-only, a fresh tmpfs `/tmp`, and the
+/// numeric user 65532 (in a user namespace of its own).
+fn sandbox() -> Command {
     let mut command = Command::new("bwrap");
     command
         .args([
@@ -33,26 +60,8 @@ fn sandboxed(binary: &str, config: &str, mounted: &Path, env: &[(&str, &str)]) -
             "--proc",
             "/proc",
         ])
-        .args(["--tmpfs", "/run", "--ro-bind"])
-        .arg(mounted)
-        .arg("/run/jobpipe")
-        .args([
-            "--unshare-user",
-            "--uid",
-            UID,
-            "--gid",
-            UID,
-            "--chdir",
-            "/",
-            "--die-with-parent",
-        ])
-        .arg("--")
-        .arg(bin_path(binary))
-        .args(["--config", &format!("/run/jobpipe/{config}")])
-        .env_clear()
-        .env("TMPDIR", "/tmp")
-        .envs(env.iter().copied());
-    Service::spawn(command)
+        .args(["--unshare-user", "--uid", UID, "--gid", UID]);
+    command
 }
 
 fn write(dir: &Path, name: &str, contents: &str) {
@@ -154,19 +163,8 @@ fn inner_pid(bwrap: u32) -> u32 {
 #[tokio::test]
 async fn the_sandbox_really_is_read_only_and_unprivileged() {
     // The test above means something only if the sandbox denies what it claims to.
-    let out = Command::new("bwrap")
-        .args([
-            "--ro-bind",
-            "/",
-            "/",
-            "--tmpfs",
-            "/tmp",
-            "--dev",
-            "/dev",
-            "--proc",
-            "/proc",
-        ])
-        .args(["--unshare-user", "--uid", UID, "--gid", UID, "--"])
+    let out = sandbox()
+        .arg("--")
         .args([
             "sh",
             "-c",
