@@ -14,6 +14,9 @@ use std::sync::Arc;
 use tokio::{sync::watch, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
+/// How long stopping may take.
+pub const STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The settings the base needs from a service's configuration.
 #[derive(Debug, Clone, Copy)]
 pub struct BaseConfig<'a> {
@@ -89,11 +92,11 @@ impl ServiceBase {
         }
     }
 
-    /// Closes the broker connection and the admin endpoint, and waits for both.
+    /// Closes the broker connection and the admin endpoint, and waits for both (at most
+    /// [`STOP_TIMEOUT`]: a blocked broker may never answer the close).
     pub async fn stop(self) {
         self.stop.cancel();
-        for task in self.tasks {
-            let _ = task.await;
-        }
+        let all = futures::future::join_all(self.tasks);
+        let _ = tokio::time::timeout(STOP_TIMEOUT, all).await;
     }
 }

@@ -105,9 +105,14 @@ impl QueueState {
                 channel = session.open_channel().await.ok();
             }
             let Some(open) = &channel else { continue };
-            if let Err(error) = self.read(open, &topology, &queues).await {
-                // A queue missing (404) closes the channel; the next tick opens another.
-                debug!(%error, "Reading queue depths failed.");
+            let read = tokio::select! {
+                () = shutdown.cancelled() => return,
+                read = tokio::time::timeout(interval, self.read(open, &topology, &queues)) => read,
+            };
+            if !matches!(read, Ok(Ok(()))) {
+                // A queue missing (404) closes the channel, a blocked broker does not answer:
+                // the next tick opens another channel.
+                debug!("Reading queue depths failed.");
                 channel = None;
             }
         }

@@ -60,6 +60,35 @@ impl Default for LogConfig {
     }
 }
 
+impl LogConfig {
+    /// Checks that the level is a valid filter, so `--check-config` catches it.
+    pub fn validate(&self) -> Result<(), crate::settings::ConfigError> {
+        EnvFilter::try_new(&self.level).map(drop).map_err(|error| {
+            crate::settings::ConfigError::Invalid {
+                key: "log.level",
+                reason: error.to_string(),
+            }
+        })
+    }
+}
+
+impl TelemetryConfig {
+    /// Checks that the endpoint, if any, is an http(s) URL.
+    pub fn validate(&self) -> Result<(), crate::settings::ConfigError> {
+        let endpoint = &self.otlp_endpoint;
+        if endpoint.is_empty()
+            || endpoint.starts_with("http://")
+            || endpoint.starts_with("https://")
+        {
+            return Ok(());
+        }
+        Err(crate::settings::ConfigError::Invalid {
+            key: "telemetry.otlp_endpoint",
+            reason: "must be an http:// or https:// URL, e.g. http://otel-collector:4317".into(),
+        })
+    }
+}
+
 /// Why logging or tracing could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {

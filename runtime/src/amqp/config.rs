@@ -60,6 +60,36 @@ impl Default for AmqpConfig {
 }
 
 impl AmqpConfig {
+    /// Checks the rules the types cannot express; the error names the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, reason: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                reason: reason.to_owned(),
+            })
+        };
+        if self.heartbeat < Duration::from_secs(1) {
+            // AMQP heartbeats are whole seconds; below one, none would be sent.
+            return invalid("amqp.heartbeat", "must be at least 1s");
+        }
+        for (key, value) in [
+            ("amqp.connect_timeout", self.connect_timeout),
+            ("amqp.confirm_timeout", self.confirm_timeout),
+            ("amqp.recovery_timeout", self.recovery_timeout),
+        ] {
+            if value.is_zero() {
+                return invalid(key, "must be positive");
+            }
+        }
+        if self.frame_max < 64 * 1024 {
+            return invalid(
+                "amqp.frame_max",
+                "must be at least 65536: a job's properties must fit in one frame",
+            );
+        }
+        Ok(())
+    }
+
     /// Folds `username`, `password` and `password_file` into the URL the connection uses.
     /// Called once when the configuration loads; the error names the key.
     pub fn resolve_credentials(&mut self) -> Result<(), ConfigError> {

@@ -30,6 +30,10 @@ const POLL_INTERVAL: Duration = Duration::from_millis(250);
 /// The supervisor's own reconnect backoff bounds, after lapin gave up.
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How long closing a connection may take.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an abandoned connection is watched before it is simply dropped.
+const RETIRE_WATCH: Duration = Duration::from_secs(600);
 
 /// What the link does with the topology on every (re)connect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -191,8 +195,10 @@ impl Supervisor {
                     backoff = BACKOFF_MIN;
                     info!(endpoint = %self.config.url.endpoint(), "Connected to the broker.");
                     self.state.send_replace(LinkState::Up(session.clone()));
-                    self.supervise(&session).await;
-                    close(&session.connection).await;
+                    match self.supervise(session).await {
+                        Ended::Shutdown(session) => close(&session.connection).await,
+                        Ended::Lost(session) => retire(session.connection),
+                    }
                 }
                 Err(error) => {
                     warn!(%error, "Broker link is down.");
@@ -211,10 +217,6 @@ impl Supervisor {
 
     /// Connects, declares the topology and opens the publisher channel.
     async fn connect(&self) -> Result<Session, LinkError> {
-        let connect_error = |error: lapin::Error| LinkError::Connect {
-            endpoint: self.config.url.endpoint(),
-            reason: error.to_string(),
-        };
         let mut uri = self.config.url.uri().clone();
         uri.query.heartbeat = Some(u16::try_from(self.config.heartbeat.as_secs()).unwrap_or(60));
         uri.query.connection_timeout = u64::try_from(self.config.connect_timeout.as_millis()).ok();
@@ -237,31 +239,61 @@ impl Supervisor {
             Connection::connect_uri(uri, properties),
         )
         .await
-        .map_err(|_| LinkError::Connect {
-            endpoint: self.config.url.endpoint(),
-            reason: "the AMQP handshake timed out".into(),
-        })?
-        .map_err(connect_error)?;
+        .map_err(|_| self.connect_error("the AMQP handshake timed out"))?
+        .map_err(|error| self.connect_error(error))?;
         let connection = Arc::new(connection);
-        let declared = self.declare(&connection).await;
-        if let Err(error) = declared {
-            close(&connection).await;
-            return Err(error);
+        let set_up = self
+            .bounded(async {
+                self.declare(&connection).await?;
+                self.open_publisher(&connection).await
+            })
+            .await;
+        match set_up {
+            Ok(publisher) => Ok(Session {
+                publisher,
+                connection,
+                generation: self.generation.fetch_add(1, Ordering::Relaxed) + 1,
+            }),
+            Err(error) => {
+                retire(connection);
+                Err(error)
+            }
         }
-        let channel = connection.create_channel().await.map_err(connect_error)?;
+    }
+
+    /// A channel in confirm mode for publishing.
+    async fn open_publisher(&self, connection: &Connection) -> Result<Publisher, LinkError> {
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(|error| self.connect_error(error))?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await
-            .map_err(connect_error)?;
-        Ok(Session {
-            publisher: Publisher::new(
-                channel,
-                connection.status().clone(),
-                self.config.confirm_timeout,
-            ),
-            connection,
-            generation: self.generation.fetch_add(1, Ordering::Relaxed) + 1,
-        })
+            .map_err(|error| self.connect_error(error))?;
+        Ok(Publisher::new(
+            channel,
+            connection.status().clone(),
+            self.config.confirm_timeout,
+        ))
+    }
+
+    /// Runs one setup step under a deadline: a broker that stops answering (a resource alarm
+    /// stops every write) must not hold the supervisor.
+    async fn bounded<T>(
+        &self,
+        step: impl Future<Output = Result<T, LinkError>>,
+    ) -> Result<T, LinkError> {
+        tokio::time::timeout(self.config.recovery_timeout, step)
+            .await
+            .unwrap_or_else(|_| Err(self.connect_error("the broker stopped answering")))
+    }
+
+    fn connect_error(&self, reason: impl std::fmt::Display) -> LinkError {
+        LinkError::Connect {
+            endpoint: self.config.url.endpoint(),
+            reason: reason.to_string(),
+        }
     }
 
     async fn declare(&self, connection: &Connection) -> Result<(), LinkError> {
@@ -269,10 +301,7 @@ impl Supervisor {
         let channel = connection
             .create_channel()
             .await
-            .map_err(|error| LinkError::Connect {
-                endpoint: self.config.url.endpoint(),
-                reason: error.to_string(),
-            })?;
+            .map_err(|error| self.connect_error(error))?;
         let declared = match self.declare {
             Declare::Declare => topology::declare(&channel, &self.plan).await,
             Declare::Verify => topology::verify(&channel, &self.plan).await,
@@ -283,34 +312,56 @@ impl Supervisor {
     }
 
     /// Follows one connection until it is gone for good, lapin's recovery took too long, or
-    /// shutdown. Reports Down while lapin recovers and Up (re-declaring) when it is back.
-    async fn supervise(&self, session: &Session) {
+    /// shutdown. Reports Down while lapin recovers and Up (re-declaring) when it is back, and
+    /// replaces the publisher channel if the broker closes it while the connection lives.
+    async fn supervise(&self, mut session: Session) -> Ended {
         let mut ticker = tokio::time::interval(POLL_INTERVAL);
         let mut down_since: Option<Instant> = None;
         loop {
             tokio::select! {
-                () = self.shutdown.cancelled() => return,
+                () = self.shutdown.cancelled() => return Ended::Shutdown(session),
                 _ = ticker.tick() => {}
             }
             let status = session.connection.status();
             if status.connected() {
                 if down_since.take().is_some() {
                     // Recovered by lapin: declare again, in case the broker lost its state.
-                    if let Err(error) = self.declare(&session.connection).await {
+                    if let Err(error) = self.bounded(self.declare(&session.connection)).await {
                         warn!(%error, "Topology declaration after recovery failed.");
                         self.state
                             .send_replace(LinkState::Down(Some(Arc::new(error))));
-                        return;
+                        return Ended::Lost(session);
                     }
                     info!("Broker connection recovered.");
                     self.state.send_replace(LinkState::Up(session.clone()));
+                } else if session.publisher.is_closed() {
+                    // The broker closed the channel itself (a deleted exchange, a refused
+                    // message) and lapin does not reopen it: without a new one every publish
+                    // would fail while the link looks up. Declaring again restores what an
+                    // operator may have deleted.
+                    let reopened = self.bounded(async {
+                        self.declare(&session.connection).await?;
+                        self.open_publisher(&session.connection).await
+                    });
+                    match reopened.await {
+                        Ok(publisher) => {
+                            warn!("The broker closed the publisher channel; opened another.");
+                            session.publisher = publisher;
+                            self.state.send_replace(LinkState::Up(session.clone()));
+                        }
+                        Err(error) => {
+                            warn!(%error, "Cannot reopen the publisher channel; reconnecting.");
+                            self.state.send_replace(LinkState::Down(None));
+                            return Ended::Lost(session);
+                        }
+                    }
                 }
                 continue;
             }
             if status.errored() || status.closed() {
                 warn!("Broker connection lost; reconnecting.");
                 self.state.send_replace(LinkState::Down(None));
-                return;
+                return Ended::Lost(session);
             }
             let since = *down_since.get_or_insert_with(|| {
                 warn!("Broker connection lost; lapin is recovering it.");
@@ -322,10 +373,38 @@ impl Supervisor {
                     timeout = ?self.config.recovery_timeout,
                     "Broker connection recovery is taking too long; rebuilding the connection."
                 );
-                return;
+                return Ended::Lost(session);
             }
         }
     }
+}
+
+/// How supervising a connection ended.
+enum Ended {
+    /// Shutdown: close the connection.
+    Shutdown(Session),
+    /// The connection is gone or given up on: retire it and connect afresh.
+    Lost(Session),
+}
+
+/// Closes an abandoned connection for good. One lapin is still recovering would otherwise come
+/// back on its own later, reopen the channels it had, and resubscribe consumers nobody reads;
+/// so it is watched until it either reconnects (then closed) or gives up (then dropped).
+fn retire(connection: Arc<Connection>) {
+    tokio::spawn(async move {
+        let deadline = Instant::now() + RETIRE_WATCH;
+        while Instant::now() < deadline {
+            let status = connection.status();
+            if status.connected() {
+                close(&connection).await;
+                return;
+            }
+            if status.errored() || status.closed() {
+                return;
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    });
 }
 
 /// Declares `plan` once on a connection of its own and closes it: for the deploy job that owns the
@@ -340,26 +419,28 @@ pub async fn declare_once(
         reason,
     };
     let properties = ConnectionProperties::default().with_connection_name(connection_name.into());
-    let connection = tokio::time::timeout(
-        config.connect_timeout,
-        Connection::connect_uri(config.url.uri().clone(), properties),
-    )
-    .await
-    .map_err(|_| connect_error("timed out".into()))?
-    .map_err(|error| connect_error(error.to_string()))?;
-    let channel = connection
-        .create_channel()
-        .await
-        .map_err(|error| connect_error(error.to_string()))?;
-    let declared = topology::declare(&channel, plan).await;
-    close(&connection).await;
-    declared.map_err(LinkError::from)
+    let declared = tokio::time::timeout(config.recovery_timeout, async {
+        let connection = Connection::connect_uri(config.url.uri().clone(), properties)
+            .await
+            .map_err(|error| connect_error(error.to_string()))?;
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(|error| connect_error(error.to_string()))?;
+        let declared = topology::declare(&channel, plan).await;
+        close(&connection).await;
+        declared.map_err(LinkError::from)
+    })
+    .await;
+    declared.unwrap_or_else(|_| Err(connect_error("the broker did not answer in time".into())))
 }
 
 async fn close(connection: &Connection) {
     if connection.status().connected() {
-        // Closing a connection that is already failing can fail too; there is nothing to do.
-        let _ = connection.close(200, "shutting down".into()).await;
+        // Closing a connection that is already failing can fail too, and a blocked broker may
+        // never answer: there is nothing more to do either way.
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, connection.close(200, "shutting down".into()))
+            .await;
     }
 }
 

@@ -53,6 +53,13 @@ impl Publisher {
         }
     }
 
+    /// Whether the broker closed the channel (lapin reopens channels only when it recovers a
+    /// whole connection).
+    pub(crate) fn is_closed(&self) -> bool {
+        let status = self.channel.status();
+        !status.connected() && !status.initializing()
+    }
+
     /// Publishes `payload` and waits for the broker's verdict, at most the confirm timeout.
     pub async fn publish(
         &self,
