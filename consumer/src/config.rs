@@ -49,8 +49,13 @@ pub struct ConsumerSettings {
     pub prefetch: u16,
     /// Jobs running at once in this process, across all its queues.
     pub concurrency: usize,
-    /// This instance's name in failure histories; empty means `host:pid`.
+    /// This instance's name in failure histories and consumer tags; empty means
+    /// `jobpipe-consumer@$HOSTNAME:pid`. Up to 128 printable ASCII characters.
     pub instance: String,
+    /// The longest an attempt may run, whatever the job asks: keep it below RabbitMQ's
+    /// `consumer_timeout` (30 minutes by default), past which the broker closes the channel.
+    #[serde(with = "humantime_serde")]
+    pub max_timeout: Duration,
 }
 
 /// Which built-in handlers the binary registers (`noop`, `sleep`, `fail`, `crash`).
@@ -92,6 +97,19 @@ impl Config {
         if self.consumer.concurrency == 0 {
             return invalid("consumer.concurrency", "must be at least 1".into());
         }
+        let instance = &self.consumer.instance;
+        if instance.len() > 128 || !instance.bytes().all(|c| (b' '..=b'~').contains(&c)) {
+            return invalid(
+                "consumer.instance",
+                "must be at most 128 printable ASCII characters".into(),
+            );
+        }
+        if self.consumer.max_timeout.is_zero() {
+            return invalid("consumer.max_timeout", "must be positive".into());
+        }
+        self.amqp.validate()?;
+        self.log.validate()?;
+        self.telemetry.validate()?;
         if let Err(error) = RetryPolicy::try_new(&self.retry) {
             return invalid(error.key(), error.to_string());
         }
@@ -147,6 +165,7 @@ impl Default for ConsumerSettings {
             prefetch: 32,
             concurrency: 16,
             instance: String::new(),
+            max_timeout: Duration::from_secs(25 * 60),
         }
     }
 }

@@ -27,6 +27,8 @@ pub struct Context {
     pub delay_levels: Vec<ShortString>,
     /// The names of broker objects.
     pub topology: Topology,
+    /// The longest an attempt may run, whatever the job asks.
+    pub max_timeout: std::time::Duration,
 }
 
 impl Context {
@@ -38,6 +40,7 @@ impl Context {
         instance: String,
         metrics: ConsumerMetrics,
         topology: Topology,
+        max_timeout: std::time::Duration,
     ) -> Self {
         Self {
             jobs_exchange: topology.jobs_exchange().into(),
@@ -51,6 +54,7 @@ impl Context {
             instance,
             metrics,
             topology,
+            max_timeout,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! A delivery not yet settled. Every way of settling it consumes it, so a delivery is settled
 //! exactly once, and always on the channel that delivered it (the `Inbound` keeps that channel
-//! open until then).
+//! open until then). One dropped unsettled (a bug, an aborted task) is returned to its queue
+//! rather than left unacknowledged until the connection closes.
 
 use bytes::Bytes;
 use jobpipe_proto::names::QueueName;
@@ -9,12 +10,20 @@ use lapin::{
     message::Delivery,
     options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions},
 };
-use tracing::debug;
+use std::time::Duration;
+use tracing::{debug, warn};
+
+/// How long an ack, nack or reject may take to reach the connection. A blocked broker (resource
+/// alarm) stops every write; past this the delivery is left to the broker, which returns it to
+/// its queue when the channel closes.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A delivery from one of the consumer's queues.
 #[derive(Debug)]
 pub struct Inbound {
-    delivery: Delivery,
+    /// `None` once settled.
+    delivery: Option<Delivery>,
+    properties: BasicProperties,
     payload: Bytes,
     queue: QueueName,
     // Dropping the last clone of a channel closes it; in-flight deliveries keep theirs alive.
@@ -30,12 +39,22 @@ pub enum Settled {
     ChannelGone,
 }
 
+/// One way of settling.
+#[derive(Debug, Clone, Copy)]
+enum Settle {
+    Ack,
+    Requeue,
+    Reject,
+}
+
 impl Inbound {
     /// Wraps `delivery` from `queue`, received on `channel`.
     pub fn new(mut delivery: Delivery, queue: QueueName, channel: Channel) -> Self {
         let payload = Bytes::from(std::mem::take(&mut delivery.data));
+        let properties = std::mem::take(&mut delivery.properties);
         Self {
-            delivery,
+            delivery: Some(delivery),
+            properties,
             payload,
             queue,
             _channel: channel,
@@ -49,15 +68,14 @@ impl Inbound {
 
     /// The exchange it was published to and its routing key.
     pub fn route(&self) -> (&str, &str) {
-        (
-            self.delivery.exchange.as_str(),
-            self.delivery.routing_key.as_str(),
-        )
+        self.delivery.as_ref().map_or(("", ""), |delivery| {
+            (delivery.exchange.as_str(), delivery.routing_key.as_str())
+        })
     }
 
     /// Its AMQP properties.
     pub fn properties(&self) -> &BasicProperties {
-        &self.delivery.properties
+        &self.properties
     }
 
     /// Its body.
@@ -67,42 +85,75 @@ impl Inbound {
 
     /// Whether the broker delivered it before (to this or another consumer).
     pub fn redelivered(&self) -> bool {
-        self.delivery.redelivered
+        self.delivery.as_ref().is_some_and(|d| d.redelivered)
     }
 
     /// Whether it was delivered on a channel that has since failed or been recovered: it can no
     /// longer be settled, and the broker has already put it back in the queue.
     pub fn is_stale(&self) -> bool {
-        !self.delivery.acker.usable()
+        self.delivery.as_ref().is_none_or(|d| !d.acker.usable())
     }
 
     /// Acknowledges: the broker forgets the message.
-    pub async fn ack(self) -> Settled {
-        outcome(self.delivery.acker.ack(BasicAckOptions::default()).await)
+    pub async fn ack(mut self) -> Settled {
+        settle(self.delivery.take(), Settle::Ack).await
     }
 
     /// Returns the message to its queue, to be delivered again.
-    pub async fn requeue(self) -> Settled {
-        let options = BasicNackOptions {
-            multiple: false,
-            requeue: true,
-        };
-        outcome(self.delivery.acker.nack(options).await)
+    pub async fn requeue(mut self) -> Settled {
+        settle(self.delivery.take(), Settle::Requeue).await
     }
 
     /// Rejects without requeue: the broker dead-letters it (reason `rejected`).
-    pub async fn reject(self) -> Settled {
-        let options = BasicRejectOptions { requeue: false };
-        outcome(self.delivery.acker.reject(options).await)
+    pub async fn reject(mut self) -> Settled {
+        settle(self.delivery.take(), Settle::Reject).await
     }
 }
 
-fn outcome(result: Result<bool, lapin::Error>) -> Settled {
-    match result {
-        Ok(true) => Settled::Done,
-        Ok(false) => Settled::ChannelGone,
-        Err(error) => {
+impl Drop for Inbound {
+    fn drop(&mut self) {
+        let Some(delivery) = self.delivery.take() else {
+            return;
+        };
+        if !delivery.acker.usable() {
+            return;
+        }
+        warn!(queue = %self.queue, "A delivery was dropped unsettled; returning it to its queue.");
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(settle(Some(delivery), Settle::Requeue));
+        }
+    }
+}
+
+async fn settle(delivery: Option<Delivery>, how: Settle) -> Settled {
+    let Some(delivery) = delivery else {
+        return Settled::ChannelGone;
+    };
+    let acker = &delivery.acker;
+    let settled = tokio::time::timeout(SETTLE_TIMEOUT, async {
+        match how {
+            Settle::Ack => acker.ack(BasicAckOptions::default()).await,
+            Settle::Requeue => {
+                acker
+                    .nack(BasicNackOptions {
+                        multiple: false,
+                        requeue: true,
+                    })
+                    .await
+            }
+            Settle::Reject => acker.reject(BasicRejectOptions { requeue: false }).await,
+        }
+    })
+    .await;
+    match settled {
+        Ok(Ok(true)) => Settled::Done,
+        Ok(Ok(false)) => Settled::ChannelGone,
+        Ok(Err(error)) => {
             debug!(%error, "Settling failed; the broker will redeliver.");
+            Settled::ChannelGone
+        }
+        Err(_elapsed) => {
+            warn!("Settling timed out (is the broker blocked?); the broker will redeliver.");
             Settled::ChannelGone
         }
     }

@@ -135,6 +135,7 @@ impl Consumer {
                 instance,
                 metrics,
                 config.topology.topology(),
+                config.consumer.max_timeout,
             )),
             permits: Arc::new(Semaphore::new(config.consumer.concurrency)),
             tracker: TaskTracker::new(),

@@ -18,6 +18,8 @@ use tracing::{debug, info, warn};
 
 /// How long a cancelled subscription waits for deliveries still on their way before it stops.
 const CANCEL_DRAIN: Duration = Duration::from_secs(2);
+/// How long subscribing or cancelling may take (a blocked broker answers nothing).
+const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 /// The pause before retrying a subscription the broker refused.
 const RESUBSCRIBE_PAUSE: Duration = Duration::from_secs(1);
 
@@ -45,8 +47,17 @@ pub async fn consume(
         let Some(session) = wait_for_session(&mut states, &shutdown).await else {
             return;
         };
-        let subscription = Subscription::open(&session, &workers.ctx, &queue, &tag, prefetch).await;
-        let mut subscription = match subscription {
+        let opened = tokio::select! {
+            () = shutdown.cancelled() => return,
+            opened = tokio::time::timeout(
+                STEP_TIMEOUT,
+                Subscription::open(&session, &workers.ctx, &queue, &tag, prefetch),
+            ) => match opened {
+                Ok(opened) => opened.map_err(|error| error.to_string()),
+                Err(_elapsed) => Err("the broker did not answer in time".to_owned()),
+            },
+        };
+        let mut subscription = match opened {
             Ok(subscription) => subscription,
             Err(error) => {
                 warn!(%queue, %error, "Cannot subscribe; retrying.");
@@ -164,12 +175,14 @@ impl Subscription {
 
     /// Cancels the subscription and returns every delivery received but never started.
     async fn stop(mut self) {
-        let cancelled = self
-            .channel
-            .basic_cancel(self.tag.as_str().into(), BasicCancelOptions::default())
-            .await;
-        if let Err(error) = cancelled {
-            debug!(%error, "Cancel failed; the channel is gone and the broker requeues everything.");
+        let cancelled = tokio::time::timeout(
+            STEP_TIMEOUT,
+            self.channel
+                .basic_cancel(self.tag.as_str().into(), BasicCancelOptions::default()),
+        )
+        .await;
+        if !matches!(cancelled, Ok(Ok(()))) {
+            debug!("Cancel failed; the broker requeues everything when the channel closes.");
             return;
         }
         let mut returned = 0usize;

@@ -115,6 +115,9 @@ async fn attempt(ctx: &Context, inbound: &Inbound, job: &JobProperties) -> Attem
             error: format!("no handler is registered for job type '{}'", job.job_type),
         };
     };
+    // A job may ask for more than this consumer allows (a foreign or old message): an attempt
+    // held past RabbitMQ's consumer timeout would cost the whole channel.
+    let timeout = job.timeout.min(ctx.max_timeout);
     let input = Job {
         id: job.id.clone(),
         job_type: job.job_type.clone(),
@@ -125,11 +128,11 @@ async fn attempt(ctx: &Context, inbound: &Inbound, job: &JobProperties) -> Attem
         content_type: job.content_type.clone(),
         metadata: job.metadata.clone(),
         submitted_at: job.submitted_at,
-        deadline: Instant::now() + job.timeout,
+        deadline: Instant::now() + timeout,
     };
     ctx.metrics.in_flight.inc();
     let mut task = tokio::spawn(async move { handler.handle(input).await });
-    let result = tokio::time::timeout(job.timeout, &mut task).await;
+    let result = tokio::time::timeout(timeout, &mut task).await;
     ctx.metrics.in_flight.dec();
     match result {
         Ok(Ok(Ok(()))) => Attempt::Succeeded,
@@ -152,7 +155,7 @@ async fn attempt(ctx: &Context, inbound: &Inbound, job: &JobProperties) -> Attem
                 error: format!(
                     "attempt {} ran past its {} deadline",
                     job.attempt,
-                    humantime::format_duration(job.timeout)
+                    humantime::format_duration(timeout)
                 ),
             }
         }

@@ -1,6 +1,7 @@
 //! The producer's configuration: one `Config`, loaded once by `main` (or built by a test) and
 //! passed down. Every section has defaults, so an empty file is a working local setup.
 
+use jobpipe_proto::job::{MAX_ATTEMPTS, MAX_TIMEOUT};
 use jobpipe_runtime::{
     admin::AdminConfig,
     amqp::{AmqpConfig, TopologyConfig},
@@ -129,10 +130,15 @@ impl Config {
                 "must be below grpc.max_request_bytes",
             );
         }
-        if self.amqp.confirm_timeout.is_zero() {
-            return invalid("amqp.confirm_timeout", "must be positive");
+        if jobs.max_attempts_cap > MAX_ATTEMPTS {
+            return invalid("jobs.max_attempts_cap", "must be at most 100");
         }
-        Ok(())
+        if jobs.max_timeout > MAX_TIMEOUT {
+            return invalid("jobs.max_timeout", "must be at most 24h");
+        }
+        self.amqp.validate()?;
+        self.log.validate()?;
+        self.telemetry.validate()
     }
 }
 

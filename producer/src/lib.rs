@@ -132,6 +132,7 @@ impl Producer {
             Rules::new(config.limits.clone(), config.jobs.clone()),
             config.topology.topology(),
             config.topology.queues.clone(),
+            config.amqp.confirm_timeout,
             metrics,
         ))
         .max_decoding_message_size(config.grpc.max_request_bytes);

@@ -34,11 +34,23 @@ impl KnownQueues {
         }
     }
 
-    /// Whether `queue` exists, asking the broker on `session` when unsure.
-    pub async fn exists(&self, session: &Session, queue: &QueueName) -> Result<bool, PublishError> {
+    /// Whether `queue` exists, asking the broker on `session` when unsure, at most `patience`
+    /// (the confirm timeout: a blocked broker answers nothing).
+    pub async fn exists(
+        &self,
+        session: &Session,
+        queue: &QueueName,
+        patience: Duration,
+    ) -> Result<bool, PublishError> {
         if self.configured.contains(queue) || self.recently_seen(queue) {
             return Ok(true);
         }
+        tokio::time::timeout(patience, self.ask(session, queue))
+            .await
+            .unwrap_or(Err(PublishError::Timeout))
+    }
+
+    async fn ask(&self, session: &Session, queue: &QueueName) -> Result<bool, PublishError> {
         // A failed passive declare closes its channel, so each question gets its own.
         let channel = session
             .open_channel()

@@ -47,6 +47,8 @@ struct Inner {
     /// `{prefix}.delay.NN` by level, for scheduled jobs.
     delay_levels: Vec<ShortString>,
     queues: KnownQueues,
+    /// How long a scheduled job's destination check may take.
+    confirm_timeout: std::time::Duration,
     metrics: ProducerMetrics,
 }
 
@@ -58,6 +60,7 @@ impl JobService {
         rules: Rules,
         topology: Topology,
         configured: Vec<QueueName>,
+        confirm_timeout: std::time::Duration,
         metrics: ProducerMetrics,
     ) -> Self {
         Self {
@@ -69,6 +72,7 @@ impl JobService {
                     .map(|level| topology.delay_level(level).into())
                     .collect(),
                 queues: KnownQueues::new(topology, configured),
+                confirm_timeout,
                 metrics,
             }),
         }
@@ -234,7 +238,11 @@ impl Inner {
         let (exchange, routing_key): (ShortString, ShortString) = match delay {
             None => (self.jobs_exchange.clone(), queue.as_str().into()),
             Some(delay) => {
-                match self.queues.exists(session, &queue).await {
+                match self
+                    .queues
+                    .exists(session, &queue, self.confirm_timeout)
+                    .await
+                {
                     Ok(true) => {}
                     Ok(false) => return Err(self.refused(&queue, PublishError::Unroutable)),
                     Err(error) => return Err(self.refused(&queue, error)),

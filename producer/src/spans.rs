@@ -10,14 +10,28 @@ use tonic::{Code, metadata::MetadataMap};
 use tracing::{Span, field::Empty, info_span};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+/// The length of a version-00 `traceparent`.
+const TRACEPARENT_LEN: usize = 55;
+/// The longest `tracestate` carried (W3C: 32 members of at most 256 characters; real ones are
+/// far shorter, and the job's headers must fit in one AMQP frame).
+const MAX_TRACESTATE_LEN: usize = 512;
+
 /// The server span of one RPC, parented on the caller's trace, and that trace as the caller sent
 /// it (propagated into the jobs even when jobpipe itself exports no traces).
 pub fn rpc(method: Method, metadata: &MetadataMap) -> (Span, Option<TraceContext>) {
     let header = |name: &str| metadata.get(name).and_then(|value| value.to_str().ok());
-    let caller = header("traceparent").map(|traceparent| TraceContext {
-        traceparent: traceparent.to_owned(),
-        tracestate: header("tracestate").unwrap_or_default().to_owned(),
-    });
+    // Only a well-formed context travels on into the job's headers, with a bounded state.
+    let caller = header("traceparent")
+        .filter(|traceparent| {
+            traceparent.len() == TRACEPARENT_LEN && propagation::trace_id_of(traceparent).is_some()
+        })
+        .map(|traceparent| TraceContext {
+            traceparent: traceparent.to_owned(),
+            tracestate: header("tracestate")
+                .filter(|state| state.len() <= MAX_TRACESTATE_LEN)
+                .unwrap_or_default()
+                .to_owned(),
+        });
     let span = info_span!(
         target: SPANS,
         "rpc",

@@ -19,6 +19,10 @@ use std::{
 
 /// AMQP `delivery_mode` for a message that survives a broker restart.
 pub const PERSISTENT: u8 = 2;
+/// The most attempts a job may have; a message asking for more is not a readable job.
+pub const MAX_ATTEMPTS: u32 = 100;
+/// The longest per-attempt deadline a message may carry (consumers clamp it further).
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 /// What jobpipe knows about a job besides its payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,6 +121,19 @@ impl JobProperties {
                 reason: "attempts are 1-based".into(),
             });
         }
+        if max_attempts > MAX_ATTEMPTS {
+            return Err(DecodeError::Invalid {
+                field: headers::MAX_ATTEMPTS,
+                reason: format!("at most {MAX_ATTEMPTS}"),
+            });
+        }
+        let timeout = Duration::from_millis(required_integer(table, headers::TIMEOUT_MS)?);
+        if timeout.is_zero() || timeout > MAX_TIMEOUT {
+            return Err(DecodeError::Invalid {
+                field: headers::TIMEOUT_MS,
+                reason: "must be positive and at most 24 hours".into(),
+            });
+        }
         let submitted_at = from_unix_millis(required_integer(table, headers::SUBMITTED_AT_MS)?);
         let due_at = match integer_header(table, headers::DUE_AT_MS)? {
             Some(ms) => from_unix_millis(ms),
@@ -131,7 +148,7 @@ impl JobProperties {
                 .map_or_else(String::new, |c| c.as_str().to_owned()),
             attempt,
             max_attempts,
-            timeout: Duration::from_millis(required_integer(table, headers::TIMEOUT_MS)?),
+            timeout,
             submitted_at,
             due_at,
             metadata: metadata(table),
@@ -354,6 +371,25 @@ mod tests {
                 },
             ),
             (
+                "endless attempts",
+                with_header(headers::MAX_ATTEMPTS, AMQPValue::LongLongInt(1_000_000)),
+                DecodeError::Invalid {
+                    field: headers::MAX_ATTEMPTS,
+                    reason: "at most 100".into(),
+                },
+            ),
+            (
+                "a year-long attempt",
+                with_header(
+                    headers::TIMEOUT_MS,
+                    AMQPValue::LongLongInt(365 * 24 * 3_600_000),
+                ),
+                DecodeError::Invalid {
+                    field: headers::TIMEOUT_MS,
+                    reason: "must be positive and at most 24 hours".into(),
+                },
+            ),
+            (
                 "zero attempt",
                 with_header(headers::ATTEMPT, AMQPValue::ShortShortUInt(0)),
                 DecodeError::Invalid {
@@ -383,9 +419,9 @@ mod tests {
     proptest! {
         #[test]
         fn round_trips(
-            attempt in 1u32..1000,
-            extra in 0u32..1000,
-            timeout_ms in 0u64..10_000_000,
+            attempt in 1u32..50,
+            extra in 0u32..50,
+            timeout_ms in 1u64..10_000_000,
             submitted_ms in 0u64..4_000_000_000_000,
             metadata in proptest::collection::btree_map("m[a-z0-9_.-]{0,20}", "\\PC{0,40}", 0..8),
         ) {
