@@ -1,6 +1,7 @@
 //! The real broker, as tests see it: a unique topology per test that cleans up after itself, and
 //! a plain AMQP client to look inside queues without jobpipe in the way.
 
+use crate::within;
 use jobpipe_proto::{
     names::{Prefix, QueueName},
     topology::{Destination, QueueOptions, QueueType, Topology},
@@ -14,10 +15,38 @@ use lapin::{
 };
 use std::time::Duration;
 
-/// The broker every test uses: `JOBPIPE_TEST_AMQP_URL`, or the local one.
+/// How long any one probe operation may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The broker every test uses: `JOBPIPE__AMQP__URL` (the one `make test` ensures), or the
+/// local one.
 pub fn amqp_url() -> String {
-    std::env::var("JOBPIPE_TEST_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+    std::env::var("JOBPIPE__AMQP__URL")
+        .ok()
+        .filter(|url| !url.is_empty())
+        .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+}
+
+/// The test broker's parts: its address, user, password and vhost (URL-encoded).
+pub fn broker_parts() -> (std::net::SocketAddr, String, String, String) {
+    use std::net::ToSocketAddrs;
+    let uri: lapin::uri::AMQPUri = amqp_url().parse().expect("a valid JOBPIPE__AMQP__URL");
+    let addr = (uri.authority.host.as_str(), uri.authority.port)
+        .to_socket_addrs()
+        .expect("resolvable broker host")
+        .next()
+        .expect("an address");
+    let vhost = if uri.vhost == "/" {
+        "%2f".to_owned()
+    } else {
+        uri.vhost.clone()
+    };
+    (
+        addr,
+        uri.authority.userinfo.username,
+        uri.authority.userinfo.password,
+        vhost,
+    )
 }
 
 /// Broker settings for a service under test: the test broker, short timeouts.
@@ -135,12 +164,16 @@ pub struct Probe {
 impl Probe {
     /// Connects to the test broker.
     pub async fn connect() -> Result<Self, lapin::Error> {
-        let connection = Connection::connect(&amqp_url(), ConnectionProperties::default()).await?;
-        let channel = connection.create_channel().await?;
-        Ok(Self {
-            _connection: connection,
-            channel,
+        within(PROBE_TIMEOUT, "the probe to connect", async {
+            let connection =
+                Connection::connect(&amqp_url(), ConnectionProperties::default()).await?;
+            let channel = connection.create_channel().await?;
+            Ok(Self {
+                _connection: connection,
+                channel,
+            })
         })
+        .await
     }
 
     /// Ready messages in `queue` (which must exist).
@@ -149,20 +182,27 @@ impl Probe {
             passive: true,
             ..QueueDeclareOptions::default()
         };
-        self.channel
-            .queue_declare(queue.into(), passive, FieldTable::default())
-            .await
-            .unwrap_or_else(|error| panic!("queue {queue} should exist: {error}"))
-            .message_count()
+        within(
+            PROBE_TIMEOUT,
+            "a queue's message count",
+            self.channel
+                .queue_declare(queue.into(), passive, FieldTable::default()),
+        )
+        .await
+        .unwrap_or_else(|error| panic!("queue {queue} should exist: {error}"))
+        .message_count()
     }
 
     /// Takes one message from `queue` and acknowledges it.
     pub async fn get(&self, queue: &str) -> Option<BasicGetMessage> {
         let options = BasicGetOptions { no_ack: true };
-        self.channel
-            .basic_get(queue.into(), options)
-            .await
-            .unwrap_or_else(|error| panic!("basic.get on {queue}: {error}"))
+        within(
+            PROBE_TIMEOUT,
+            "a basic.get",
+            self.channel.basic_get(queue.into(), options),
+        )
+        .await
+        .unwrap_or_else(|error| panic!("basic.get on {queue}: {error}"))
     }
 
     /// Takes every message from `queue`.
@@ -182,23 +222,28 @@ impl Probe {
         body: &[u8],
         properties: BasicProperties,
     ) {
-        self.channel
-            .basic_publish(
+        within(
+            PROBE_TIMEOUT,
+            "a probe publish",
+            self.channel.basic_publish(
                 exchange.into(),
                 routing_key.into(),
                 BasicPublishOptions::default(),
                 body,
                 properties,
-            )
-            .await
-            .expect("publish");
+            ),
+        )
+        .await
+        .expect("publish");
     }
 
     /// Deletes `queue`, ignoring whether it existed.
     pub async fn delete_queue(&self, queue: &str) {
-        let _ = self
-            .channel
-            .queue_delete(queue.into(), QueueDeleteOptions::default())
-            .await;
+        let _ = tokio::time::timeout(
+            PROBE_TIMEOUT,
+            self.channel
+                .queue_delete(queue.into(), QueueDeleteOptions::default()),
+        )
+        .await;
     }
 }

@@ -38,6 +38,22 @@ where
     .await;
 }
 
+/// A gRPC channel to `addr` whose connect and every call time out (10 s and 30 s): no test
+/// waits on a silent server forever.
+pub async fn grpc_channel(addr: SocketAddr) -> tonic::transport::Channel {
+    within(
+        Duration::from_secs(15),
+        "a gRPC connection",
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .expect("valid uri")
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(30))
+            .connect(),
+    )
+    .await
+    .expect("connect")
+}
+
 /// Logs of the services under test go to the test's output when `RUST_LOG` is set.
 pub fn init_logs() {
     if std::env::var_os("RUST_LOG").is_some() {

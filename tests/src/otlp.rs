@@ -45,11 +45,7 @@ impl Collector {
         let output = dir.path().join("spans.log");
         let grpc = free_port();
         let file = std::fs::File::create(&output).expect("log file");
-        let agent = venv_tool("python")
-            .parent()
-            .and_then(|bin| bin.parent())
-            .map(|venv| venv.join("lib/python3.11/site-packages/rotel/rotel-agent"))
-            .expect("venv layout");
+        let agent = rotel_agent();
         let child = Command::new(agent)
             .args(["start", "--otlp-grpc-endpoint", &grpc.to_string()])
             .args(["--otlp-http-endpoint", &free_port().to_string()])
@@ -105,6 +101,26 @@ impl Collector {
     pub fn spans(&self) -> Vec<SpanRecord> {
         parse(&std::fs::read_to_string(&self.output).unwrap_or_default())
     }
+}
+
+/// The collector binary inside the rotel wheel, whatever the venv's Python version.
+fn rotel_agent() -> PathBuf {
+    let lib = venv_tool("python")
+        .parent()
+        .and_then(|bin| bin.parent())
+        .map(|venv| venv.join("lib"))
+        .expect("venv layout");
+    std::fs::read_dir(&lib)
+        .expect("venv lib")
+        .flatten()
+        .map(|python| python.path().join("site-packages/rotel/rotel-agent"))
+        .find(|agent| agent.exists())
+        .unwrap_or_else(|| {
+            panic!(
+                "rotel is missing from {}: run tests/tools/install.sh",
+                lib.display()
+            )
+        })
 }
 
 /// Reads rotel's detailed debug output.

@@ -63,17 +63,9 @@ impl RunningProducer {
         JobServiceClient::new(self.channel().await)
     }
 
-    /// A gRPC channel to the producer.
+    /// A gRPC channel to the producer (every call bounded).
     pub async fn channel(&self) -> Channel {
-        within(
-            Duration::from_secs(5),
-            "connecting to the producer",
-            Channel::from_shared(format!("http://{}", self.grpc_addr))
-                .expect("valid uri")
-                .connect(),
-        )
-        .await
-        .expect("connect to the producer")
+        crate::grpc_channel(self.grpc_addr).await
     }
 
     /// The job service's health right now.
@@ -90,15 +82,19 @@ impl RunningProducer {
 
     /// Waits (at most 30 s) until the job service's health is `status`.
     pub async fn wait_for_health(&self, status: ServingStatus) {
-        let mut client = HealthClient::new(self.channel().await);
-        let mut updates = client
-            .watch(HealthCheckRequest {
-                service: jobpipe_producer::SERVICE_NAME.into(),
-            })
-            .await
-            .expect("health watch")
-            .into_inner();
+        // A watch is a long-lived stream: no per-call timeout, the whole wait is bounded instead.
+        let channel = Channel::from_shared(format!("http://{}", self.grpc_addr))
+            .expect("valid uri")
+            .connect_timeout(Duration::from_secs(10));
         within(Duration::from_secs(30), "the producer's health", async {
+            let mut client = HealthClient::new(channel.connect().await.expect("connect"));
+            let mut updates = client
+                .watch(HealthCheckRequest {
+                    service: jobpipe_producer::SERVICE_NAME.into(),
+                })
+                .await
+                .expect("health watch")
+                .into_inner();
             while let Some(update) = updates.message().await.expect("health stream") {
                 if update.status() == status {
                     return;

@@ -64,7 +64,8 @@ impl Proxy {
 
     /// An `amqp://` URL through this proxy with the test broker's credentials.
     pub fn amqp_url(&self) -> String {
-        format!("amqp://guest:guest@{}/%2f", self.addr)
+        let (_, user, password, vhost) = crate::broker::broker_parts();
+        format!("amqp://{user}:{password}@{}/{vhost}", self.addr)
     }
 
     /// Drops every forwarded connection and refuses new ones.

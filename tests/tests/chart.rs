@@ -346,6 +346,82 @@ async fn autoscaling_disruption_budgets_and_the_topology_job_follow_the_values()
             .contains("declare = false")
     );
 
+    // The `helm test` pod is selected by the NetworkPolicy; it must still reach the producer.
+    let policy = of_kind(&production, "NetworkPolicy")[0];
+    let test_pod = named(&production, "Pod", "-test-health");
+    let selected = |selector: &Value, labels: &Value| {
+        selector["matchLabels"]
+            .as_object()
+            .is_some_and(|wanted| wanted.iter().all(|(k, v)| &labels[k] == v))
+    };
+    assert!(selected(
+        &policy["spec"]["podSelector"],
+        &test_pod["metadata"]["labels"]
+    ));
+    let grpc_port = serde_json::json!(50051);
+    let producer_labels =
+        &named(&production, "Deployment", "-producer")["spec"]["template"]["metadata"]["labels"];
+    let egress = policy["spec"]["egress"].as_array().expect("egress");
+    assert!(
+        egress.iter().any(|rule| {
+            rule["ports"]
+                .as_array()
+                .is_some_and(|ports| ports.iter().any(|p| p["port"] == grpc_port))
+                && rule["to"].as_array().is_some_and(|to| {
+                    to.iter()
+                        .any(|peer| selected(&peer["podSelector"], producer_labels))
+                })
+        }),
+        "the test pod may call the producer: {egress:#?}"
+    );
+    let ingress = policy["spec"]["ingress"].as_array().expect("ingress");
+    assert!(
+        ingress.iter().any(|rule| {
+            rule["ports"]
+                .as_array()
+                .is_some_and(|ports| ports.iter().any(|p| p["port"] == grpc_port))
+                && rule["from"].as_array().is_some_and(|from| {
+                    from.iter()
+                        .any(|peer| selected(&peer["podSelector"], &test_pod["metadata"]["labels"]))
+                })
+        }),
+        "the producer admits the test pod: {ingress:#?}"
+    );
+    assert!(
+        egress.iter().any(|rule| rule["ports"][0]["port"] == 5672),
+        "the broker"
+    );
+    assert!(
+        egress.iter().any(|rule| rule["ports"][0]["port"] == 53),
+        "DNS"
+    );
+    assert!(
+        egress.iter().any(|rule| rule["ports"][0]["port"] == 4317),
+        "the OTLP collector"
+    );
+
+    for docs in [&defaults, &production] {
+        let config = named(docs, "ConfigMap", "jp-jobpipe");
+        let data = config["data"].to_string().to_lowercase();
+        assert!(
+            !data.contains("password"),
+            "credentials stay in the Secret: {data}"
+        );
+        for deployment in of_kind(docs, "Deployment") {
+            let checksum =
+                &deployment["spec"]["template"]["metadata"]["annotations"]["checksum/config"];
+            assert!(
+                checksum.as_str().is_some_and(|c| c.len() == 64),
+                "pods roll when the config changes: {checksum}"
+            );
+            let env = deployment["spec"]["template"]["spec"]["containers"][0]["env"].to_string();
+            assert!(
+                env.contains("secretKeyRef"),
+                "the password comes from the Secret"
+            );
+        }
+    }
+
     let both = render(
         &[],
         &[

@@ -176,16 +176,22 @@ async fn permanent_and_exhausted_failures_are_dead_lettered_with_their_history()
         probe.message_count(&dead_queue).await == 2
     })
     .await;
-    let mut dead: HashMap<String, BasicProperties> = probe
+    let drained: Vec<BasicProperties> = probe
         .drain(&dead_queue)
         .await
         .into_iter()
-        .map(|m| {
-            let props = m.delivery.properties;
-            (props.message_id().clone().expect("id").to_string(), props)
-        })
+        .map(|m| m.delivery.properties)
         .collect();
-    assert_eq!(dead.len(), 2, "exactly one dead letter per job");
+    let id_of = |props: &BasicProperties| props.message_id().clone().expect("id").to_string();
+    let mut ids: Vec<String> = drained.iter().map(id_of).collect();
+    ids.sort();
+    let mut expected = vec![permanent.clone(), exhausted.clone()];
+    expected.sort();
+    assert_eq!(ids, expected, "exactly one dead letter per job");
+    let mut dead: HashMap<String, BasicProperties> = drained
+        .into_iter()
+        .map(|props| (id_of(&props), props))
+        .collect();
 
     let record = |props: &BasicProperties, name: &str| {
         text_header(props.headers().as_ref().expect("headers"), name).map(|s| s.into_owned())
@@ -290,7 +296,6 @@ async fn unknown_types_and_unreadable_messages_are_dead_lettered_after_one_deliv
             1,
             "{id}: one delivery, one entry"
         );
-        assert!(!message.delivery.redelivered, "{id}: never redelivered");
         if id == "garbled-1" {
             assert_eq!(
                 message.delivery.data, b"\xff\x00 not a job",
@@ -306,6 +311,33 @@ async fn unknown_types_and_unreadable_messages_are_dead_lettered_after_one_deliv
             ("garbled-1".to_owned(), "decode".to_owned()),
         ])
     );
+
+    // Each was delivered once and settled once, by the consumer's own count.
+    let metrics = stack.consumer.metrics().await;
+    let series = |reason: &str| {
+        format!(
+            r#"jobpipe_consumer_jobs_total{{queue="default",type="unknown",outcome="dead_lettered",reason="{reason}"}}"#
+        )
+    };
+    assert_eq!(
+        consumer::sample(&metrics, &series("no_handler")),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        consumer::sample(&metrics, &series("decode")),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        consumer::sample(
+            &metrics,
+            r#"jobpipe_consumer_redeliveries_total{queue="default"}"#
+        ),
+        Some(0.0),
+        "never redelivered"
+    );
+    assert!(!metrics.contains(r#"outcome="returned""#), "{metrics}");
 
     let id = stack.submit(job("noop", "")).await;
     let after = next_seen(&mut stack.seen, 1, Duration::from_secs(10)).await;

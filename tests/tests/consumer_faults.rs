@@ -82,7 +82,7 @@ async fn wait_for_in_flight(admin: SocketAddr, jobs: f64) {
 async fn consumption_resumes_after_the_broker_link_is_cut_and_nothing_is_lost() {
     let topology = TestTopology::new("cut", &["default"]);
     let producer = RunningProducer::start(producer::config(&topology)).await;
-    let proxy = Proxy::start("127.0.0.1:5672".parse().expect("addr"))
+    let proxy = Proxy::start(jobpipe_tests::broker::broker_parts().0)
         .await
         .expect("proxy");
     let mut config = consumer::config(&topology, "c");
@@ -184,11 +184,12 @@ async fn sigterm_lets_the_running_job_finish_and_returns_the_prefetched_ones() {
         took < Duration::from_secs(10),
         "exited within the grace period ({took:?})"
     );
-    assert_eq!(
-        probe.message_count(&topology.work_queue("default")).await,
-        4,
-        "the prefetched jobs are back, the running one was acked"
-    );
+    eventually(
+        Duration::from_secs(10),
+        "the prefetched jobs to be back (the running one was acked)",
+        || async { probe.message_count(&topology.work_queue("default")).await == 4 },
+    )
+    .await;
 
     let (seen_tx, mut seen) = mpsc::unbounded_channel();
     let other = RunningConsumer::start(
@@ -336,5 +337,53 @@ async fn a_job_that_crashes_its_consumer_ends_in_the_dead_letter_queue() {
         })
         .collect();
     assert_eq!(reasons, ["delivery_limit"]);
+    producer.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn a_second_interrupt_forces_the_exit_without_waiting_for_running_jobs() {
+    let topology = TestTopology::new("force", &["default"]);
+    let producer = RunningProducer::start(producer::config(&topology)).await;
+    let admin = free_port();
+    let consumer = consumer_process(
+        &topology,
+        admin,
+        &[("JOBPIPE__SHUTDOWN__GRACE_PERIOD", "60s".into())],
+    );
+    eventually(
+        Duration::from_secs(30),
+        "the consumer process to be ready",
+        || async { http_get(admin, "/readyz").await.0 == 200 },
+    )
+    .await;
+    producer
+        .client()
+        .await
+        .submit_job(SubmitJobRequest {
+            job: Some(job("sleep", "60s")),
+        })
+        .await
+        .expect("submit");
+    wait_for_in_flight(admin, 1.0).await;
+
+    consumer.signal("INT");
+    // Draining has begun (readiness off) while the 60 s job keeps running.
+    eventually(Duration::from_secs(10), "the drain to start", || async {
+        http_get(admin, "/readyz").await.0 == 503
+    })
+    .await;
+    let forced = Instant::now();
+    consumer.signal("INT");
+    let status = consumer.exit(Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(130), "{status:?}");
+    assert!(forced.elapsed() < Duration::from_secs(5), "forced at once");
+    // The unfinished job was never acked: the broker has it back.
+    let probe = Probe::connect().await.expect("probe");
+    eventually(
+        Duration::from_secs(10),
+        "the job to be back in its queue",
+        || async { probe.message_count(&topology.work_queue("default")).await == 1 },
+    )
+    .await;
     producer.stop().await.expect("clean stop");
 }

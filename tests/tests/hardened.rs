@@ -7,8 +7,9 @@ use jobpipe_proto::v1::{JobSpec, SubmitJobRequest, job_service_client::JobServic
 use jobpipe_tests::{
     broker::TestTopology,
     consumer::sample,
-    eventually, http_get,
+    eventually, grpc_channel, http_get,
     process::{Service, bin_path, free_port},
+    within,
 };
 use std::{os::unix::fs::PermissionsExt, path::Path, time::Duration};
 use tokio::process::Command;
@@ -80,8 +81,9 @@ async fn the_services_run_as_non_root_on_a_read_only_filesystem_with_mounted_con
         .expect("chmod");
     let (grpc, producer_admin, consumer_admin) = (free_port(), free_port(), free_port());
     // No password in the URL: it comes from the environment or a file.
+    let (broker, user, password, vhost) = jobpipe_tests::broker::broker_parts();
     let common = format!(
-        "[amqp]\nurl = \"amqp://guest@127.0.0.1:5672/%2f\"\n{{secret}}\n\
+        "[amqp]\nurl = \"amqp://{user}@{broker}/{vhost}\"\n{{secret}}\n\
          [topology]\nprefix = \"{prefix}\"\nqueues = [\"default\"]\n[log]\nformat = \"json\"\n"
     );
     write(
@@ -100,13 +102,13 @@ async fn the_services_run_as_non_root_on_a_read_only_filesystem_with_mounted_con
             common.replace("{secret}", "password_file = \"/run/jobpipe/amqp-password\"")
         ),
     );
-    write(mounted.path(), "amqp-password", "guest\n");
+    write(mounted.path(), "amqp-password", &format!("{password}\n"));
 
     let producer = sandboxed(
         "jobpipe-producer",
         "producer.toml",
         mounted.path(),
-        &[("JOBPIPE__AMQP__PASSWORD", "guest")],
+        &[("JOBPIPE__AMQP__PASSWORD", &password)],
     );
     let consumer = sandboxed("jobpipe-consumer", "consumer.toml", mounted.path(), &[]);
     for admin in [producer_admin, consumer_admin] {
@@ -118,9 +120,7 @@ async fn the_services_run_as_non_root_on_a_read_only_filesystem_with_mounted_con
         .await;
     }
 
-    let mut client = JobServiceClient::connect(format!("http://{grpc}"))
-        .await
-        .expect("connect");
+    let mut client = JobServiceClient::new(grpc_channel(grpc).await);
     let job = JobSpec {
         r#type: "noop".into(),
         ..JobSpec::default()
@@ -163,16 +163,19 @@ fn inner_pid(bwrap: u32) -> u32 {
 #[tokio::test]
 async fn the_sandbox_really_is_read_only_and_unprivileged() {
     // The test above means something only if the sandbox denies what it claims to.
-    let out = sandbox()
-        .arg("--")
-        .args([
-            "sh",
-            "-c",
-            "id -u; touch /etc/jobpipe-probe 2>&1; touch /tmp/ok && echo tmp-writable",
-        ])
-        .output()
-        .await
-        .expect("bwrap (tests/tools/install.sh installs bubblewrap)");
+    let mut command = sandbox();
+    command.arg("--").args([
+        "sh",
+        "-c",
+        "id -u; touch /etc/jobpipe-probe 2>&1; touch /tmp/ok && echo tmp-writable",
+    ]);
+    let out = within(
+        Duration::from_secs(30),
+        "the sandboxed shell",
+        command.output(),
+    )
+    .await
+    .expect("bwrap (tests/tools/install.sh installs bubblewrap)");
     let said = String::from_utf8_lossy(&out.stdout);
     let mut lines = said.lines();
     assert_eq!(lines.next(), Some(UID), "{said}");

@@ -6,7 +6,7 @@ use jobpipe_proto::v1::{JobSpec, SubmitJobRequest, job_service_client::JobServic
 use jobpipe_tests::{
     broker::{TestTopology, amqp_url},
     consumer::{self, RunningConsumer, next_seen, recording_handlers, sample},
-    eventually, http_get,
+    eventually, grpc_channel, http_get,
     otlp::{Collector, SpanRecord},
     process::{Service, free_port},
     producer::{self, RunningProducer},
@@ -71,9 +71,7 @@ async fn one_trace_follows_a_job_from_the_call_to_its_last_attempt() {
     ready(producer_admin).await;
     ready(consumer_admin).await;
 
-    let mut client = JobServiceClient::connect(format!("http://{grpc}"))
-        .await
-        .expect("connect");
+    let mut client = JobServiceClient::new(grpc_channel(grpc).await);
     let job_id = client
         .submit_job(traced(job("fail", "1")))
         .await
@@ -458,12 +456,16 @@ async fn the_dashboard_and_alerts_use_only_metrics_the_services_export() {
     );
     assert!(used.len() >= 14, "the panels cover the pipeline: {used:?}");
 
-    let checked = tokio::process::Command::new("promtool")
-        .args(["check", "rules"])
-        .arg(root.join("alerts.yml"))
-        .output()
-        .await
-        .expect("promtool");
+    let checked = within(
+        Duration::from_secs(30),
+        "promtool check rules",
+        tokio::process::Command::new("promtool")
+            .args(["check", "rules"])
+            .arg(root.join("alerts.yml"))
+            .output(),
+    )
+    .await
+    .expect("promtool");
     assert!(
         checked.status.success(),
         "{}",

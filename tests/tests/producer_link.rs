@@ -78,7 +78,7 @@ async fn an_unreachable_broker_means_unavailable_at_once_and_not_serving() {
 #[tokio::test]
 async fn the_producer_recovers_when_the_broker_returns() {
     let topology = TestTopology::new("recover", &["default"]);
-    let proxy = Proxy::start("127.0.0.1:5672".parse().expect("addr"))
+    let proxy = Proxy::start(jobpipe_tests::broker::broker_parts().0)
         .await
         .expect("proxy");
     let mut config = producer::config(&topology);
@@ -231,7 +231,17 @@ async fn draining_finishes_the_batch_in_flight() {
         probe.message_count(&queue).await > 0
     })
     .await;
-    producer.stop().await.expect("drained cleanly");
+    // Draining starts: readiness turns off while the batch is still being confirmed.
+    let admin = producer.admin_addr;
+    let stopping = tokio::spawn(producer.stop());
+    eventually(Duration::from_secs(5), "readiness to turn off", || async {
+        jobpipe_tests::http_get(admin, "/readyz").await.0 == 503
+    })
+    .await;
+    within(Duration::from_secs(30), "the drain", stopping)
+        .await
+        .expect("task")
+        .expect("drained cleanly");
     let results = within(Duration::from_secs(10), "the batch answer", batch)
         .await
         .expect("task")
@@ -240,4 +250,32 @@ async fn draining_finishes_the_batch_in_flight() {
         .results;
     assert!(results.iter().all(|r| r.code == 0), "every job confirmed");
     assert_eq!(probe.message_count(&queue).await, 5000);
+}
+
+#[tokio::test]
+async fn a_publisher_channel_the_broker_closed_is_replaced_without_a_restart() {
+    let topology = TestTopology::new("reopen", &["default"]);
+    let producer = RunningProducer::start(producer::config(&topology)).await;
+    let mut client = producer.client().await;
+    client.submit_job(request()).await.expect("before");
+
+    // Deleting the jobs exchange makes the next publish a channel error (404): the broker
+    // closes the producer's publishing channel.
+    let probe = Probe::connect().await.expect("probe");
+    probe
+        .channel
+        .exchange_delete(topology.names().jobs_exchange().into(), Default::default())
+        .await
+        .expect("delete the exchange");
+    let status = client.submit_job(request()).await.expect_err("no exchange");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+
+    // The link notices, declares the topology again and opens another channel.
+    eventually(Duration::from_secs(10), "submissions to work again", || {
+        let mut client = client.clone();
+        async move { client.submit_job(request()).await.is_ok() }
+    })
+    .await;
+    assert_eq!(producer.health().await, ServingStatus::Serving);
+    producer.stop().await.expect("clean stop");
 }

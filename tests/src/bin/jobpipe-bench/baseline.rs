@@ -44,7 +44,22 @@ pub(crate) async fn run(
     channel
         .queue_declare(queue.as_str().into(), durable, arguments)
         .await?;
+    // The queue goes, whatever happened to the measurement.
+    let measured = measure(name, opts, jobs, pace, &queue).await;
+    let _ = channel
+        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await;
+    let _ = setup.close(200, "done".into()).await;
+    measured
+}
 
+async fn measure(
+    name: &str,
+    opts: &Options,
+    jobs: usize,
+    pace: Pace,
+    queue: &str,
+) -> anyhow::Result<Phase> {
     let bar = progress(name, jobs);
     let received: Arc<Mutex<Vec<Option<Instant>>>> = Arc::new(Mutex::new(vec![None; jobs]));
     let duplicates = Arc::new(Mutex::new(0usize));
@@ -58,7 +73,7 @@ pub(crate) async fn run(
             .await?;
         let mut consumer = channel
             .basic_consume(
-                queue.as_str().into(),
+                queue.into(),
                 "".into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
@@ -116,7 +131,7 @@ pub(crate) async fn run(
         let confirm = channel
             .basic_publish(
                 "".into(),
-                queue.as_str().into(),
+                queue.into(),
                 BasicPublishOptions::default(),
                 &body,
                 BasicProperties::default().with_delivery_mode(2),
@@ -142,11 +157,7 @@ pub(crate) async fn run(
         task.abort();
         let _ = connection.close(200, "done".into()).await;
     }
-    let _ = channel
-        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-        .await;
     let _ = publisher.close(200, "done".into()).await;
-    let _ = setup.close(200, "done".into()).await;
     let seconds = last.duration_since(started).as_secs_f64();
     let duplicates = *duplicates.lock().expect("lock");
     Ok(Phase {
