@@ -4,7 +4,8 @@ CARGO ?= cargo
 .PHONY: run test ci lint bench image broker tools build
 
 ## run: the pipeline on this machine, with a demo (Ctrl-C stops it)
-run: broker tools
+run: broker
+	tests/tools/install.sh python
 	deploy/local/run.sh
 
 ## test: unit and integration tests against a real RabbitMQ (started if needed)

