@@ -4,9 +4,7 @@
 
 use anyhow::Context;
 use clap::Args;
-use jobpipe_proto::v1::{
-    JobSpec, SubmitJobRequest, SubmitJobsRequest, job_service_client::JobServiceClient,
-};
+use jobpipe_proto::v1::{JobSpec, SubmitJobsRequest, job_service_client::JobServiceClient};
 use std::{
     collections::HashMap,
     io::{IsTerminal, Write},
@@ -14,6 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::Code;
 
 /// Where the consumers' metrics are.
 #[derive(Debug, Args)]
@@ -30,16 +29,70 @@ pub(crate) struct DemoArgs {
     timeout: Duration,
 }
 
+/// How long one metrics read may take.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Counts by outcome, summed over the consumers.
 type Tally = HashMap<String, f64>;
 
-/// The workload: (label, job type, payload, copies, max attempts, delay in seconds).
-const WORKLOAD: &[(&str, &str, &str, usize, u32, i64)] = &[
-    ("succeed at once", "noop", "", 20, 0, 0),
-    ("fail twice, then succeed", "fail", "2", 3, 0, 0),
-    ("fail permanently", "fail", "permanent", 1, 0, 0),
-    ("fail every time (3 attempts)", "fail", "always", 1, 3, 0),
-    ("scheduled 10 s ahead", "noop", "", 1, 0, 10),
+/// One kind of job in the demo.
+struct Jobs {
+    label: &'static str,
+    job_type: &'static str,
+    payload: &'static str,
+    copies: usize,
+    max_attempts: u32,
+    delay_secs: i64,
+    /// Whether these jobs end dead-lettered rather than succeeded.
+    dead: bool,
+}
+
+const WORKLOAD: &[Jobs] = &[
+    Jobs {
+        label: "succeed at once",
+        job_type: "noop",
+        payload: "",
+        copies: 20,
+        max_attempts: 0,
+        delay_secs: 0,
+        dead: false,
+    },
+    Jobs {
+        label: "fail twice, then succeed",
+        job_type: "fail",
+        payload: "2",
+        copies: 3,
+        max_attempts: 0,
+        delay_secs: 0,
+        dead: false,
+    },
+    Jobs {
+        label: "fail permanently",
+        job_type: "fail",
+        payload: "permanent",
+        copies: 1,
+        max_attempts: 0,
+        delay_secs: 0,
+        dead: true,
+    },
+    Jobs {
+        label: "fail every time (3 attempts)",
+        job_type: "fail",
+        payload: "always",
+        copies: 1,
+        max_attempts: 3,
+        delay_secs: 0,
+        dead: true,
+    },
+    Jobs {
+        label: "scheduled 10 s ahead",
+        job_type: "noop",
+        payload: "",
+        copies: 1,
+        max_attempts: 0,
+        delay_secs: 10,
+        dead: false,
+    },
 ];
 
 /// Submits the workload and follows it until every job has finished.
@@ -49,39 +102,52 @@ pub(crate) async fn run(addr: &str, args: DemoArgs) -> anyhow::Result<ExitCode> 
         .with_context(|| format!("cannot reach the producer at {addr}"))?;
     let before = tally(&args.consumers).await?;
     println!("Submitting:");
-    for &(label, job_type, payload, copies, max_attempts, delay) in WORKLOAD {
+    for jobs in WORKLOAD {
         let spec = JobSpec {
-            r#type: job_type.into(),
-            payload: payload.as_bytes().to_vec().into(),
-            max_attempts,
-            delay: (delay > 0).then_some(prost_types::Duration {
-                seconds: delay,
+            r#type: jobs.job_type.into(),
+            payload: jobs.payload.as_bytes().to_vec().into(),
+            max_attempts: jobs.max_attempts,
+            delay: (jobs.delay_secs > 0).then_some(prost_types::Duration {
+                seconds: jobs.delay_secs,
                 nanos: 0,
             }),
             ..JobSpec::default()
         };
-        if copies == 1 {
-            client
-                .submit_job(SubmitJobRequest { job: Some(spec) })
-                .await?;
-        } else {
-            client
-                .submit_jobs(SubmitJobsRequest {
-                    jobs: vec![spec; copies],
-                })
-                .await?;
+        let results = client
+            .submit_jobs(SubmitJobsRequest {
+                jobs: vec![spec; jobs.copies],
+            })
+            .await?
+            .into_inner()
+            .results;
+        // The demo's counts assume every job was accepted: stop at the first refusal.
+        if let Some(refused) = results.iter().find(|result| result.code != Code::Ok as i32) {
+            anyhow::bail!(
+                "the producer refused a job: {:?}: {}",
+                Code::from_i32(refused.code),
+                refused.message
+            );
         }
+        let Jobs {
+            label,
+            job_type,
+            payload,
+            copies,
+            ..
+        } = jobs;
         println!("  {copies:>2} × {job_type:<5} {payload:<10} {label}");
     }
-    let succeed: usize = WORKLOAD
-        .iter()
-        .filter(|w| w.2 != "permanent" && w.2 != "always")
-        .map(|w| w.3)
-        .sum();
-    let dead = 2.0;
+    let expected = |dead: bool| -> usize {
+        WORKLOAD
+            .iter()
+            .filter(|jobs| jobs.dead == dead)
+            .map(|jobs| jobs.copies)
+            .sum()
+    };
+    let (succeed, dead) = (expected(false), expected(true));
     println!(
         "\nAll {} jobs confirmed by the broker. Following the consumers:",
-        succeed + 2
+        succeed + dead
     );
     let started = Instant::now();
     let live = std::io::stdout().is_terminal();
@@ -105,7 +171,7 @@ pub(crate) async fn run(addr: &str, args: DemoArgs) -> anyhow::Result<ExitCode> 
             println!("{line}");
         }
         shown = Some(counts);
-        if counts[0] >= succeed as f64 && counts[2] >= dead {
+        if counts[0] >= succeed as f64 && counts[2] >= dead as f64 {
             break;
         }
         if started.elapsed() > args.timeout {
@@ -118,9 +184,12 @@ pub(crate) async fn run(addr: &str, args: DemoArgs) -> anyhow::Result<ExitCode> 
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     println!(
-        "\n\nDone. The retried jobs waited 1 s, then 2 s (exponential backoff through the delay ladder);"
+        "\n\nDone. The retried jobs waited 1 s, then 2 s (exponential backoff through the delay \
+         ladder; `make run` turns the jitter off to show it);"
     );
-    println!("the two failed jobs are in the dead-letter queue with their whole failure history:");
+    println!(
+        "the {dead} failed jobs are in the dead-letter queue with their whole failure history:"
+    );
     println!("  rabbitmqctl list_queues name messages | grep dead");
     Ok(ExitCode::SUCCESS)
 }
@@ -157,13 +226,20 @@ fn delta(now: &Tally, before: &Tally) -> Tally {
         .collect()
 }
 
+/// A minimal HTTP/1.0 GET of the body, bounded: a consumer that accepts but never answers must
+/// not hold the demo past its timeout.
 async fn http_get(host: &str, path: &str) -> anyhow::Result<String> {
-    let mut stream = tokio::net::TcpStream::connect(host).await?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
-        .await?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
+    let response = tokio::time::timeout(HTTP_TIMEOUT, async {
+        let mut stream = tokio::net::TcpStream::connect(host).await?;
+        stream
+            .write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
+            .await?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await?;
+        anyhow::Ok(response)
+    })
+    .await
+    .context("no answer in time")??;
     Ok(response
         .split_once("\r\n\r\n")
         .map(|(_, body)| body.to_owned())
