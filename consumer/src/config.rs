@@ -121,7 +121,10 @@ impl Config {
         {
             return invalid(
                 "handlers.builtin",
-                format!("unknown built-in handler {unknown:?} (known: noop, sleep, fail, crash)"),
+                format!(
+                    "unknown built-in handler {unknown:?} (known: {})",
+                    Builtin::ALL.map(Builtin::name).join(", ")
+                ),
             );
         }
         if self.shutdown.grace_period.is_zero() {

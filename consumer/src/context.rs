@@ -1,39 +1,34 @@
-//! What every job task shares: the link, the handlers, the retry policy, the names it publishes
-//! to (built once), the instance name and the metrics.
+//! What every job task shares: the link, the handlers, the retry policy, the routes it publishes
+//! to (named once), the instance name and the metrics.
 
 use crate::{handler::Handlers, metrics::ConsumerMetrics, retry::RetryPolicy};
-use jobpipe_proto::{delay::LEVELS, topology::Topology};
-use jobpipe_runtime::amqp::Link;
-use lapin::types::ShortString;
+use jobpipe_proto::topology::Topology;
+use jobpipe_runtime::amqp::{Link, Routes};
 
 /// Shared, read-only state of a running consumer.
 #[derive(Debug)]
-pub struct Context {
+pub(crate) struct Context {
     /// The broker link, for publishing retries and dead letters.
-    pub link: Link,
+    pub(crate) link: Link,
     /// Handlers by job type.
-    pub handlers: Handlers,
+    pub(crate) handlers: Handlers,
     /// The retry schedule.
-    pub retry: RetryPolicy,
+    pub(crate) retry: RetryPolicy,
     /// This instance's name, recorded in failure histories.
-    pub instance: String,
+    pub(crate) instance: String,
     /// The metrics.
-    pub metrics: ConsumerMetrics,
-    /// `{prefix}.jobs`, for retries without delay.
-    pub jobs_exchange: ShortString,
-    /// `{prefix}.dead`.
-    pub dead_exchange: ShortString,
-    /// `{prefix}.delay.NN`, indexed by level.
-    pub delay_levels: Vec<ShortString>,
+    pub(crate) metrics: ConsumerMetrics,
+    /// Where retries and dead letters are published.
+    pub(crate) routes: Routes,
     /// The names of broker objects.
-    pub topology: Topology,
+    pub(crate) topology: Topology,
     /// The longest an attempt may run, whatever the job asks.
-    pub max_timeout: std::time::Duration,
+    pub(crate) max_timeout: std::time::Duration,
 }
 
 impl Context {
     /// Builds the context, naming every exchange once.
-    pub fn new(
+    pub(crate) fn new(
         link: Link,
         handlers: Handlers,
         retry: RetryPolicy,
@@ -43,11 +38,7 @@ impl Context {
         max_timeout: std::time::Duration,
     ) -> Self {
         Self {
-            jobs_exchange: topology.jobs_exchange().into(),
-            dead_exchange: topology.dead_exchange().into(),
-            delay_levels: (0..LEVELS)
-                .map(|level| topology.delay_level(level).into())
-                .collect(),
+            routes: Routes::new(&topology),
             link,
             handlers,
             retry,

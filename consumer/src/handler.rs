@@ -15,7 +15,8 @@ use std::{
 /// (delivery is at-least-once), so make the work idempotent on [`Job::id`].
 ///
 /// An attempt that outlives [`Job::deadline`] is abandoned (its task aborted at the next await)
-/// and counts as a timeout; a panic counts as a transient failure.
+/// and counts as a timeout; a panic is retried like a transient failure and recorded as kind
+/// `panic`.
 #[async_trait]
 pub trait Handler: Send + Sync + 'static {
     /// Does the work. `Ok` acknowledges the job; a [`JobError`] says whether to retry.

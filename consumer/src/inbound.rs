@@ -20,7 +20,7 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A delivery from one of the consumer's queues.
 #[derive(Debug)]
-pub struct Inbound {
+pub(crate) struct Inbound {
     /// `None` once settled.
     delivery: Option<Delivery>,
     properties: BasicProperties,
@@ -32,7 +32,7 @@ pub struct Inbound {
 
 /// Whether settling reached the broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Settled {
+pub(crate) enum Settled {
     /// The broker has the ack, nack or reject.
     Done,
     /// The channel is gone (broker link lost): the broker redelivers the message by itself.
@@ -49,7 +49,7 @@ enum Settle {
 
 impl Inbound {
     /// Wraps `delivery` from `queue`, received on `channel`.
-    pub fn new(mut delivery: Delivery, queue: QueueName, channel: Channel) -> Self {
+    pub(crate) fn new(mut delivery: Delivery, queue: QueueName, channel: Channel) -> Self {
         let payload = Bytes::from(std::mem::take(&mut delivery.data));
         let properties = std::mem::take(&mut delivery.properties);
         Self {
@@ -62,50 +62,50 @@ impl Inbound {
     }
 
     /// The queue it came from.
-    pub fn queue(&self) -> &QueueName {
+    pub(crate) fn queue(&self) -> &QueueName {
         &self.queue
     }
 
     /// The exchange it was published to and its routing key.
-    pub fn route(&self) -> (&str, &str) {
+    pub(crate) fn route(&self) -> (&str, &str) {
         self.delivery.as_ref().map_or(("", ""), |delivery| {
             (delivery.exchange.as_str(), delivery.routing_key.as_str())
         })
     }
 
     /// Its AMQP properties.
-    pub fn properties(&self) -> &BasicProperties {
+    pub(crate) fn properties(&self) -> &BasicProperties {
         &self.properties
     }
 
     /// Its body.
-    pub fn payload(&self) -> &Bytes {
+    pub(crate) fn payload(&self) -> &Bytes {
         &self.payload
     }
 
     /// Whether the broker delivered it before (to this or another consumer).
-    pub fn redelivered(&self) -> bool {
+    pub(crate) fn redelivered(&self) -> bool {
         self.delivery.as_ref().is_some_and(|d| d.redelivered)
     }
 
     /// Whether it was delivered on a channel that has since failed or been recovered: it can no
     /// longer be settled, and the broker has already put it back in the queue.
-    pub fn is_stale(&self) -> bool {
+    pub(crate) fn is_stale(&self) -> bool {
         self.delivery.as_ref().is_none_or(|d| !d.acker.usable())
     }
 
     /// Acknowledges: the broker forgets the message.
-    pub async fn ack(mut self) -> Settled {
+    pub(crate) async fn ack(mut self) -> Settled {
         settle(self.delivery.take(), Settle::Ack).await
     }
 
     /// Returns the message to its queue, to be delivered again.
-    pub async fn requeue(mut self) -> Settled {
+    pub(crate) async fn requeue(mut self) -> Settled {
         settle(self.delivery.take(), Settle::Requeue).await
     }
 
     /// Rejects without requeue: the broker dead-letters it (reason `rejected`).
-    pub async fn reject(mut self) -> Settled {
+    pub(crate) async fn reject(mut self) -> Settled {
         settle(self.delivery.take(), Settle::Reject).await
     }
 }

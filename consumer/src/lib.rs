@@ -5,28 +5,30 @@
 //! - [`config`]: the one `Config`.
 //! - [`handler`]: the [`Handler`] trait, the one extension point, and the [`Handlers`] registry.
 //! - [`builtin`]: the handlers the binary ships (`noop`, `sleep`, `fail`, `crash`).
-//! - [`subscription`]: consuming a queue across reconnects, under the concurrency limit.
-//! - [`worker`]: one delivery's life, from decoding to settlement.
-//! - [`outcome`] and [`retry`]: the pure retry decision and backoff schedule.
-//! - [`inbound`]: a delivery that can be settled only once.
-//! - [`context`], [`metrics`], [`spans`]: shared state, what `/metrics` shows, trace spans.
+//! - [`retry`]: the backoff schedule and its settings.
+//!
+//! Inside (private): `subscription` (consuming a queue across reconnects, under the concurrency
+//! limit), `worker` (one delivery's life, from decoding to settlement), `outcome` (the pure retry
+//! decision), `inbound` (a delivery that can be settled only once), `context`, `metrics` and
+//! `spans` (shared state, what `/metrics` shows, trace spans).
 //! - [`Consumer`] (here): binds the admin port and runs everything until shutdown.
 //!
 //! To embed the consumer, build [`Handlers`], then `Consumer::bind(config, handlers)` and `run`.
 
 pub mod builtin;
 pub mod config;
-pub mod context;
+mod context;
 pub mod handler;
-pub mod inbound;
-pub mod metrics;
-pub mod outcome;
+mod inbound;
+mod metrics;
+mod outcome;
 pub mod retry;
-pub mod spans;
-pub mod subscription;
-pub mod worker;
+mod spans;
+mod subscription;
+mod worker;
 
 pub use handler::{Handler, Handlers, Job, JobError};
+pub use worker::STARTED_TARGET;
 
 use crate::{
     config::Config,
@@ -123,7 +125,6 @@ impl Consumer {
             instance.clone(),
             admin,
             registry,
-            metrics.broker_connected.clone(),
             &shutdown,
         );
 

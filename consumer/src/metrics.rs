@@ -17,7 +17,7 @@ use std::time::Duration;
 
 label_enum! {
     /// How a job's delivery ended.
-    pub enum Outcome {
+    pub(crate) enum Outcome {
         /// The handler succeeded; acknowledged.
         Succeeded => "succeeded",
         /// Re-published for another attempt; acknowledged.
@@ -31,7 +31,7 @@ label_enum! {
 }
 
 /// The label value for a job type or queue outside the registered set.
-pub const UNKNOWN: &str = "unknown";
+pub(crate) const UNKNOWN: &str = "unknown";
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct JobLabels {
@@ -54,7 +54,7 @@ struct QueueLabels {
 
 /// Every metric the consumer exports.
 #[derive(Debug, Clone)]
-pub struct ConsumerMetrics {
+pub(crate) struct ConsumerMetrics {
     /// The label values allowed (configured queues, registered types), interned for the
     /// process's life so that labelling a job costs no allocation.
     known: Vec<&'static str>,
@@ -64,14 +64,12 @@ pub struct ConsumerMetrics {
     attempts: Family<QueueLabels, Histogram>,
     redeliveries: Family<QueueLabels, Counter>,
     /// Jobs whose handler is running now.
-    pub in_flight: Gauge,
-    /// 1 while the broker link is up.
-    pub broker_connected: Gauge,
+    pub(crate) in_flight: Gauge,
 }
 
 impl ConsumerMetrics {
     /// Creates the metrics for `queues` and `types`, registered in `registry`.
-    pub fn register<'a>(
+    pub(crate) fn register<'a>(
         registry: &mut Registry,
         queues: impl IntoIterator<Item = &'a str>,
         types: impl IntoIterator<Item = &'a str>,
@@ -84,18 +82,17 @@ impl ConsumerMetrics {
             .map(|name| &*Box::leak(name.to_owned().into_boxed_str()))
             .collect();
         let metrics = Self {
-            known: known.clone(),
+            known,
             jobs: Family::default(),
             handler_seconds: Family::new_with_constructor(|| Histogram::new(latency_buckets())),
             queue_wait_seconds: Family::new_with_constructor(|| Histogram::new(latency_buckets())),
             attempts: Family::new_with_constructor(|| Histogram::new(linear_buckets(1.0, 1.0, 25))),
             redeliveries: Family::default(),
             in_flight: Gauge::default(),
-            broker_connected: Gauge::default(),
         };
         // Every queue's series exist from the start, at zero, so rates and alerts see them
         // before the first redelivery or finished job.
-        for &queue in known.iter().take(queue_count) {
+        for &queue in metrics.known.iter().take(queue_count) {
             let labels = QueueLabels { queue };
             drop(metrics.redeliveries.get_or_create(&labels));
             drop(metrics.attempts.get_or_create(&labels));
@@ -131,16 +128,17 @@ impl ConsumerMetrics {
             "Jobs whose handler is running",
             metrics.in_flight.clone(),
         );
-        registry.register(
-            "jobpipe_broker_connected",
-            "Whether the broker link is up (1) or down (0)",
-            metrics.broker_connected.clone(),
-        );
         metrics
     }
 
     /// Counts a settled delivery. `reason` is the failure kind, if the attempt failed.
-    pub fn job(&self, queue: &str, job_type: &str, outcome: Outcome, reason: Option<FailureKind>) {
+    pub(crate) fn job(
+        &self,
+        queue: &str,
+        job_type: &str,
+        outcome: Outcome,
+        reason: Option<FailureKind>,
+    ) {
         self.jobs
             .get_or_create(&JobLabels {
                 queue: self.intern(queue),
@@ -152,7 +150,7 @@ impl ConsumerMetrics {
     }
 
     /// Records an attempt's handler time.
-    pub fn handler_time(&self, queue: &str, job_type: &str, elapsed: Duration) {
+    pub(crate) fn handler_time(&self, queue: &str, job_type: &str, elapsed: Duration) {
         self.handler_seconds
             .get_or_create(&HandlerLabels {
                 queue: self.intern(queue),
@@ -162,21 +160,21 @@ impl ConsumerMetrics {
     }
 
     /// Records how long an attempt waited after it was due.
-    pub fn queue_wait(&self, queue: &str, waited: Duration) {
+    pub(crate) fn queue_wait(&self, queue: &str, waited: Duration) {
         self.queue_wait_seconds
             .get_or_create(&self.queue_labels(queue))
             .observe(waited.as_secs_f64());
     }
 
     /// Records the attempts of a job that finished.
-    pub fn finished_after(&self, queue: &str, attempts: u32) {
+    pub(crate) fn finished_after(&self, queue: &str, attempts: u32) {
         self.attempts
             .get_or_create(&self.queue_labels(queue))
             .observe(f64::from(attempts));
     }
 
     /// Counts a redelivery.
-    pub fn redelivered(&self, queue: &str) {
+    pub(crate) fn redelivered(&self, queue: &str) {
         self.redeliveries
             .get_or_create(&self.queue_labels(queue))
             .inc();

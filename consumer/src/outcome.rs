@@ -1,13 +1,13 @@
-//! What to do with a delivery once its attempt is over: the whole retry decision, pure.
+//! What to do with a delivery whose attempt failed: the whole retry decision, pure. (A success
+//! is simply acknowledged.)
 
 use crate::retry::RetryPolicy;
-use jobpipe_proto::failure::FailureKind;
+use jobpipe_proto::{delay::LadderDelay, failure::FailureKind};
 use rand::Rng;
-use std::time::Duration;
 
 /// How one attempt ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Attempt {
+pub(crate) enum Attempt {
     /// The handler succeeded.
     Succeeded,
     /// The attempt failed, or never ran (no handler, unreadable message).
@@ -19,15 +19,13 @@ pub enum Attempt {
     },
 }
 
-/// How a delivery is settled.
+/// How a failed attempt's delivery is settled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
-    /// Acknowledge: the job is done.
-    Ack,
+pub(crate) enum Decision {
     /// Re-publish the next attempt through the delay ladder, then acknowledge.
     Retry {
         /// The backoff before the next attempt.
-        after: Duration,
+        after: LadderDelay,
     },
     /// Publish to the dead-letter queue with the failure record, then acknowledge.
     DeadLetter {
@@ -36,17 +34,14 @@ pub enum Decision {
     },
 }
 
-/// Decides what follows attempt `attempt` of `max_attempts`.
-pub fn decide(
-    attempt: &Attempt,
+/// Decides what follows attempt `number` of `max_attempts`, which failed for `kind`.
+pub(crate) fn decide(
+    kind: FailureKind,
     number: u32,
     max_attempts: u32,
     policy: &RetryPolicy,
     rng: &mut impl Rng,
 ) -> Decision {
-    let Attempt::Failed { kind, .. } = attempt else {
-        return Decision::Ack;
-    };
     match kind {
         FailureKind::Transient | FailureKind::Panic | FailureKind::Timeout
             if number < max_attempts =>
@@ -65,7 +60,7 @@ pub fn decide(
             }
         }
         FailureKind::Permanent | FailureKind::NoHandler | FailureKind::Decode => {
-            Decision::DeadLetter { kind: *kind }
+            Decision::DeadLetter { kind }
         }
     }
 }
@@ -74,14 +69,8 @@ pub fn decide(
 mod tests {
     use super::*;
     use crate::retry::{Jitter, RetryConfig};
+    use FailureKind::{Decode, Exhausted, NoHandler, Panic, Permanent, Timeout, Transient};
     use rand::{SeedableRng, rngs::StdRng};
-
-    fn failed(kind: FailureKind) -> Attempt {
-        Attempt::Failed {
-            kind,
-            error: "e".into(),
-        }
-    }
 
     #[test]
     fn decisions() {
@@ -91,60 +80,28 @@ mod tests {
         })
         .unwrap();
         let retry = |secs| Decision::Retry {
-            after: Duration::from_secs(secs),
+            after: LadderDelay::clamped(secs),
         };
         let dead = |kind| Decision::DeadLetter { kind };
         let cases = [
-            (Attempt::Succeeded, 1, 3, Decision::Ack),
-            (Attempt::Succeeded, 3, 3, Decision::Ack),
-            (failed(FailureKind::Transient), 1, 3, retry(1)),
-            (failed(FailureKind::Transient), 2, 3, retry(2)),
-            (
-                failed(FailureKind::Transient),
-                3,
-                3,
-                dead(FailureKind::Exhausted),
-            ),
-            (failed(FailureKind::Panic), 1, 3, retry(1)),
-            (
-                failed(FailureKind::Panic),
-                3,
-                3,
-                dead(FailureKind::Exhausted),
-            ),
-            (failed(FailureKind::Timeout), 2, 3, retry(2)),
-            (
-                failed(FailureKind::Timeout),
-                3,
-                3,
-                dead(FailureKind::Timeout),
-            ),
-            (
-                failed(FailureKind::Permanent),
-                1,
-                3,
-                dead(FailureKind::Permanent),
-            ),
-            (
-                failed(FailureKind::NoHandler),
-                1,
-                3,
-                dead(FailureKind::NoHandler),
-            ),
-            (failed(FailureKind::Decode), 1, 3, dead(FailureKind::Decode)),
-            (
-                failed(FailureKind::Transient),
-                1,
-                1,
-                dead(FailureKind::Exhausted),
-            ),
+            (Transient, 1, 3, retry(1)),
+            (Transient, 2, 3, retry(2)),
+            (Transient, 3, 3, dead(Exhausted)),
+            (Panic, 1, 3, retry(1)),
+            (Panic, 3, 3, dead(Exhausted)),
+            (Timeout, 2, 3, retry(2)),
+            (Timeout, 3, 3, dead(Timeout)),
+            (Permanent, 1, 3, dead(Permanent)),
+            (NoHandler, 1, 3, dead(NoHandler)),
+            (Decode, 1, 3, dead(Decode)),
+            (Transient, 1, 1, dead(Exhausted)),
         ];
         let mut rng = StdRng::seed_from_u64(7);
-        for (attempt, number, max, expected) in cases {
+        for (kind, number, max, expected) in cases {
             assert_eq!(
-                decide(&attempt, number, max, &policy, &mut rng),
+                decide(kind, number, max, &policy, &mut rng),
                 expected,
-                "{attempt:?} on {number}/{max}"
+                "{kind:?} on {number}/{max}"
             );
         }
     }

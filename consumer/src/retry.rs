@@ -1,6 +1,7 @@
 //! The retry schedule: exponential backoff with jitter, capped, in the delay ladder's whole
 //! seconds.
 
+use jobpipe_proto::delay::LadderDelay;
 use rand::Rng;
 use serde::Deserialize;
 use std::time::Duration;
@@ -112,15 +113,16 @@ impl RetryPolicy {
         Duration::from_secs_f64(secs.min(self.max_delay.as_secs_f64()))
     }
 
-    /// The delay before the retry of attempt `failed_attempt`, jittered with `rng`.
-    pub fn backoff(&self, failed_attempt: u32, rng: &mut impl Rng) -> Duration {
+    /// The delay before the retry of attempt `failed_attempt`, jittered with `rng`, in the
+    /// ladder's whole seconds (rounded up; `try_new` keeps the cap inside the ladder).
+    pub fn backoff(&self, failed_attempt: u32, rng: &mut impl Rng) -> LadderDelay {
         let ceiling = self.ceiling(failed_attempt).as_secs_f64();
         let secs = match self.jitter {
             Jitter::Full => rng.random_range(0.0..=ceiling),
             Jitter::Equal => rng.random_range(ceiling / 2.0..=ceiling),
             Jitter::None => ceiling,
         };
-        Duration::from_secs(secs.ceil().max(1.0) as u64)
+        LadderDelay::clamped(secs.ceil() as u64)
     }
 }
 
@@ -227,7 +229,7 @@ mod tests {
             for (jitter, floor_fraction) in [(Jitter::Full, 0.0), (Jitter::Equal, 0.5), (Jitter::None, 1.0)] {
                 let p = policy(jitter);
                 let ceiling = p.ceiling(attempt).as_secs_f64();
-                let delay = p.backoff(attempt, &mut rng).as_secs_f64();
+                let delay = p.backoff(attempt, &mut rng).secs() as f64;
                 prop_assert!(delay >= 1.0, "at least the ladder's one second");
                 prop_assert!(delay <= ceiling.ceil().max(1.0), "{delay} over {ceiling}");
                 prop_assert!(delay >= (ceiling * floor_fraction).floor(), "{delay} under the floor");

@@ -25,17 +25,17 @@ const RESUBSCRIBE_PAUSE: Duration = Duration::from_secs(1);
 
 /// What the consumer's queues share: where job tasks run and how many at once.
 #[derive(Debug, Clone)]
-pub struct Workers {
+pub(crate) struct Workers {
     /// Shared state of job tasks.
-    pub ctx: Arc<Context>,
+    pub(crate) ctx: Arc<Context>,
     /// One permit per job allowed to run at once.
-    pub permits: Arc<Semaphore>,
+    pub(crate) permits: Arc<Semaphore>,
     /// Tracks running jobs, so shutdown can wait for them.
-    pub tracker: TaskTracker,
+    pub(crate) tracker: TaskTracker,
 }
 
 /// Consumes `queue` until `shutdown`, with `prefetch` deliveries in flight from the broker.
-pub async fn consume(
+pub(crate) async fn consume(
     queue: QueueName,
     prefetch: u16,
     workers: Workers,

@@ -18,18 +18,20 @@ use jobpipe_proto::{
     failure::{self, AttemptRecord, FailureKind},
     job::JobProperties,
 };
-use jobpipe_runtime::{amqp::PublishError, propagation};
-use lapin::{BasicProperties, types::ShortString};
+use jobpipe_runtime::{
+    amqp::{PublishError, Route},
+    propagation,
+};
+use lapin::BasicProperties;
 use std::{
     sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
-use tracing::{Instrument, Span, debug, info, warn};
+use tracing::{Instrument, Level, Span, debug, info, warn};
 
 /// Processes one delivery to its settlement.
-pub async fn process(ctx: Arc<Context>, inbound: Inbound) {
-    let queue = inbound.queue().clone();
-    let queue = queue.as_str();
+pub(crate) async fn process(ctx: Arc<Context>, inbound: Inbound) {
+    let queue = inbound.queue().as_str();
     if inbound.redelivered() {
         ctx.metrics.redelivered(queue);
     }
@@ -42,20 +44,22 @@ pub async fn process(ctx: Arc<Context>, inbound: Inbound) {
     }
     match JobProperties::decode(inbound.properties()) {
         Ok(job) => {
-            let span = spans::attempt(&inbound, &job, &ctx.topology.work_queue(inbound.queue()));
+            let span = spans::attempt(&inbound, &job, &ctx.topology);
             run(&ctx, inbound, job, span.clone()).instrument(span).await;
         }
         Err(error) => {
+            // The delivery goes to the dead letter: keep its queue's name for what follows.
+            let queue = inbound.queue().clone();
             let record = record(&ctx, 0, FailureKind::Decode, error.to_string());
-            warn!(queue, %error, "Message is not a readable job; dead-lettering it.");
+            warn!(%queue, %error, "Message is not a readable job; dead-lettering it.");
             let outcome = dead_letter(&ctx, inbound, record, FailureKind::Decode).await;
             ctx.metrics
-                .job(queue, UNKNOWN, outcome, Some(FailureKind::Decode));
+                .job(queue.as_str(), UNKNOWN, outcome, Some(FailureKind::Decode));
         }
     }
 }
 
-async fn run(ctx: &Context, inbound: Inbound, job: JobProperties, span: Span) {
+async fn run(ctx: &Context, inbound: Inbound, mut job: JobProperties, span: Span) {
     let queue = inbound.queue().as_str().to_owned();
     let waited = SystemTime::now()
         .duration_since(job.due_at)
@@ -64,18 +68,11 @@ async fn run(ctx: &Context, inbound: Inbound, job: JobProperties, span: Span) {
     // Its own target, so the benchmark can follow job starts without every other debug event.
     debug!(target: STARTED_TARGET, job_id = %job.id, wait_us = micros(waited), "Job started.");
     let started = Instant::now();
-    let attempt = attempt(ctx, &inbound, &job).await;
+    let attempt = attempt(ctx, &inbound, &mut job).await;
     let elapsed = started.elapsed();
     ctx.metrics
         .handler_time(&queue, job.job_type.as_str(), elapsed);
-    let decision = decide(
-        &attempt,
-        job.attempt,
-        job.max_attempts,
-        &ctx.retry,
-        &mut rand::rng(),
-    );
-    let (outcome, reason) = settle(ctx, inbound, &job, attempt, decision).await;
+    let (outcome, reason) = settle(ctx, inbound, &job, attempt).await;
     spans::attempt_done(&span, outcome, reason);
     ctx.metrics
         .job(&queue, job.job_type.as_str(), outcome, reason);
@@ -83,7 +80,10 @@ async fn run(ctx: &Context, inbound: Inbound, job: JobProperties, span: Span) {
         ctx.metrics.finished_after(&queue, job.attempt);
     }
     // One event per job outcome, self-contained: a JSON line carries every field on its own,
-    // the trace ids included, so logs and traces join.
+    // the trace ids included, so logs and traces join. The ids cost work: only when logged.
+    if !tracing::enabled!(Level::INFO) {
+        return;
+    }
     let trace = propagation::ids(&span, job.trace.as_ref());
     info!(
         job_id = %job.id,
@@ -107,8 +107,9 @@ fn micros(duration: Duration) -> u64 {
 }
 
 /// Runs the handler in a task of its own, so a deadline abandons it even when it never yields
-/// and a panic is caught rather than taking the consumer down.
-async fn attempt(ctx: &Context, inbound: &Inbound, job: &JobProperties) -> Attempt {
+/// and a panic is caught rather than taking the consumer down. The job's content type and
+/// metadata move into the handler's input: nothing after the attempt reads them.
+async fn attempt(ctx: &Context, inbound: &Inbound, job: &mut JobProperties) -> Attempt {
     let Some(handler) = ctx.handlers.get(&job.job_type) else {
         return Attempt::Failed {
             kind: FailureKind::NoHandler,
@@ -125,8 +126,8 @@ async fn attempt(ctx: &Context, inbound: &Inbound, job: &JobProperties) -> Attem
         attempt: job.attempt,
         max_attempts: job.max_attempts,
         payload: inbound.payload().clone(),
-        content_type: job.content_type.clone(),
-        metadata: job.metadata.clone(),
+        content_type: std::mem::take(&mut job.content_type),
+        metadata: std::mem::take(&mut job.metadata),
         submitted_at: job.submitted_at,
         deadline: Instant::now() + timeout,
     };
@@ -162,26 +163,26 @@ async fn attempt(ctx: &Context, inbound: &Inbound, job: &JobProperties) -> Attem
     }
 }
 
-/// Carries out `decision`; returns the outcome to count and the failure kind, if any.
+/// Settles the delivery after its attempt; returns the outcome to count and, for a failure, the
+/// kind to report (the dead letter's kind when the job is given up).
 async fn settle(
     ctx: &Context,
     inbound: Inbound,
     job: &JobProperties,
     attempt: Attempt,
-    decision: Decision,
 ) -> (Outcome, Option<FailureKind>) {
-    let (kind, error) = match attempt {
-        Attempt::Succeeded => {
-            return match inbound.ack().await {
-                Settled::Done => (Outcome::Succeeded, None),
-                Settled::ChannelGone => (Outcome::Returned, None),
-            };
-        }
-        Attempt::Failed { kind, error } => (kind, error),
+    let Attempt::Failed { kind, error } = attempt else {
+        return (settled(inbound.ack().await, Outcome::Succeeded), None);
     };
     let record = record(ctx, job.attempt, kind, error);
+    let decision = decide(
+        kind,
+        job.attempt,
+        job.max_attempts,
+        &ctx.retry,
+        &mut rand::rng(),
+    );
     match decision {
-        Decision::Ack => (settled(inbound.ack().await, Outcome::Succeeded), Some(kind)),
         Decision::Retry { after } => (retry(ctx, inbound, job, record, after).await, Some(kind)),
         Decision::DeadLetter { kind } => {
             (dead_letter(ctx, inbound, record, kind).await, Some(kind))
@@ -189,34 +190,26 @@ async fn settle(
     }
 }
 
-// Retries and dead letters publish, and a publish future is kilobytes: they are boxed so that
-// every job task stays small (tokio moves a task's whole future several times when it spawns it,
-// which made memcpy most of the consumer's work). Successes never pay for them.
+// Retries and dead letters publish, and a publish future is kilobytes: they are boxed so that a
+// job task's one allocation stays small and a success never carries them.
 fn retry<'a>(
     ctx: &'a Context,
     inbound: Inbound,
     job: &'a JobProperties,
     failed: AttemptRecord,
-    after: Duration,
+    after: LadderDelay,
 ) -> BoxFuture<'a, Outcome> {
     Box::pin(async move {
-        let queue = inbound.queue();
         let properties = failure::for_retry(
             inbound.properties(),
             &failed,
             job.attempt + 1,
-            SystemTime::now() + after,
+            SystemTime::now() + after.duration(),
         );
-        let (exchange, routing_key) = match LadderDelay::from_duration(after) {
-            Ok(Some(delay)) => (
-                ctx.delay_levels[usize::from(delay.entry_level())].clone(),
-                delay.routing_key(queue).into(),
-            ),
-            _ => (ctx.jobs_exchange.clone(), queue.as_str().into()),
-        };
-        match publish(ctx, exchange, routing_key, inbound.payload(), properties).await {
+        let route = ctx.routes.job(inbound.queue(), Some(after));
+        match publish(ctx, route, inbound.payload(), properties).await {
             Ok(()) => {
-                info!(retry_in_s = after.as_secs(), error = %failed.error, "Job scheduled for retry.");
+                info!(retry_in_s = after.secs(), error = %failed.error, "Job scheduled for retry.");
                 settled(inbound.ack().await, Outcome::Retried)
             }
             Err(error) => {
@@ -237,17 +230,11 @@ fn dead_letter(
     kind: FailureKind,
 ) -> BoxFuture<'_, Outcome> {
     Box::pin(async move {
-        let queue = inbound.queue().clone();
+        let queue = inbound.queue();
         let properties =
             failure::for_dead_letter(inbound.properties(), &last, kind, queue.as_str());
-        let published = publish(
-            ctx,
-            ctx.dead_exchange.clone(),
-            queue.as_str().into(),
-            inbound.payload(),
-            properties,
-        )
-        .await;
+        let route = ctx.routes.dead_letter(queue);
+        let published = publish(ctx, route, inbound.payload(), properties).await;
         match published {
             Ok(()) => {
                 warn!(kind = kind.as_str(), error = %last.error, "Job dead-lettered.");
@@ -264,8 +251,7 @@ fn dead_letter(
 
 async fn publish(
     ctx: &Context,
-    exchange: ShortString,
-    routing_key: ShortString,
+    (exchange, routing_key): Route,
     payload: &[u8],
     properties: BasicProperties,
 ) -> Result<(), PublishError> {

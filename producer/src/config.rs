@@ -131,10 +131,16 @@ impl Config {
             );
         }
         if jobs.max_attempts_cap > MAX_ATTEMPTS {
-            return invalid("jobs.max_attempts_cap", "must be at most 100");
+            return invalid(
+                "jobs.max_attempts_cap",
+                &format!("must be at most {MAX_ATTEMPTS}"),
+            );
         }
         if jobs.max_timeout > MAX_TIMEOUT {
-            return invalid("jobs.max_timeout", "must be at most 24h");
+            return invalid(
+                "jobs.max_timeout",
+                &format!("must be at most {}h", MAX_TIMEOUT.as_secs() / 3600),
+            );
         }
         self.amqp.validate()?;
         self.log.validate()?;

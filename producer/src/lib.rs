@@ -121,7 +121,6 @@ impl Producer {
             connection_name("jobpipe-producer"),
             admin,
             registry,
-            metrics.broker_connected.clone(),
             &shutdown,
         );
         let (reporter, health) = tonic_health::server::health_reporter();

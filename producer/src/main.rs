@@ -7,7 +7,7 @@ use jobpipe_runtime::{
         LinkError,
         link::{connection_name, declare_once},
     },
-    process::{self, ConfigArgs, EX_CONFIG},
+    process::{self, ConfigArgs, StartError},
     settings::Env,
 };
 use std::process::ExitCode;
@@ -45,40 +45,27 @@ fn main() -> ExitCode {
     })
 }
 
-/// Declares the topology once and reports the outcome.
+/// Declares the topology once and reports the outcome, with the services' exit statuses.
 fn declare_topology(config: &Config) -> ExitCode {
-    let plan = config
-        .topology
-        .topology()
-        .plan(&config.topology.queues, &config.topology.queue_options());
-    let declared = tokio::runtime::Runtime::new().map(|runtime| {
-        runtime.block_on(declare_once(
-            &config.amqp,
-            &plan,
-            connection_name("jobpipe-topology"),
-        ))
-    });
-    match declared {
-        Ok(Ok(())) => {
-            println!(
-                "jobpipe-producer: topology '{}' declared ({} queues, {} exchanges)",
-                config.topology.prefix,
-                plan.queues.len(),
-                plan.exchanges.len()
-            );
-            ExitCode::SUCCESS
-        }
-        Ok(Err(error @ LinkError::Topology(_))) => {
-            eprintln!("jobpipe-producer: {error}");
-            ExitCode::from(EX_CONFIG)
-        }
-        Ok(Err(error)) => {
-            eprintln!("jobpipe-producer: {error}");
-            ExitCode::FAILURE
-        }
-        Err(error) => {
-            eprintln!("jobpipe-producer: cannot start: {error}");
-            ExitCode::FAILURE
-        }
+    let plan = config.topology.plan();
+    let declared = tokio::runtime::Runtime::new()
+        .map_err(StartError::from)
+        .map(|runtime| {
+            runtime.block_on(declare_once(
+                &config.amqp,
+                &plan,
+                connection_name("jobpipe-topology"),
+            ))
+        });
+    if let Ok(Ok(())) = declared {
+        println!(
+            "jobpipe-producer: topology '{}' declared ({} queues, {} exchanges)",
+            config.topology.prefix,
+            plan.queues.len(),
+            plan.exchanges.len()
+        );
     }
+    process::exit_status("jobpipe-producer", declared, |error| {
+        matches!(error, LinkError::Topology(_))
+    })
 }

@@ -5,7 +5,7 @@ use jobpipe_proto::names::QueueName;
 use jobpipe_runtime::{label_enum, metrics::latency_buckets};
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    metrics::{counter::Counter, family::Family, histogram::Histogram},
     registry::Registry,
 };
 use std::time::Duration;
@@ -61,8 +61,6 @@ pub struct ProducerMetrics {
     queues: Vec<(QueueName, Vec<Counter>)>,
     other: Vec<Counter>,
     confirm_seconds: Histogram,
-    /// 1 while the broker link is up.
-    pub broker_connected: Gauge,
 }
 
 impl ProducerMetrics {
@@ -89,7 +87,6 @@ impl ProducerMetrics {
             other: per_outcome(OTHER_QUEUE),
             rpcs,
             confirm_seconds: Histogram::new(latency_buckets()),
-            broker_connected: Gauge::default(),
         };
         registry.register(
             "jobpipe_producer_rpcs",
@@ -105,11 +102,6 @@ impl ProducerMetrics {
             "jobpipe_producer_publish_confirm_seconds",
             "Time from publishing a job to the broker's confirm",
             metrics.confirm_seconds.clone(),
-        );
-        registry.register(
-            "jobpipe_broker_connected",
-            "Whether the broker link is up (1) or down (0)",
-            metrics.broker_connected.clone(),
         );
         metrics
     }

@@ -14,8 +14,8 @@ use std::{
 /// How long a queue seen to exist is trusted to exist.
 const TRUST: Duration = Duration::from_secs(60);
 
-/// The queues known to exist: the configured ones (declared by this service), and others found
-/// by asking, remembered for [`TRUST`].
+/// The queues known to exist: the configured ones (declared or verified when the link came up),
+/// and others found by asking, remembered for [`TRUST`].
 #[derive(Debug)]
 pub struct KnownQueues {
     topology: Topology,
@@ -34,23 +34,24 @@ impl KnownQueues {
         }
     }
 
-    /// Whether `queue` exists, asking the broker on `session` when unsure, at most `patience`
-    /// (the confirm timeout: a blocked broker answers nothing).
-    pub async fn exists(
+    /// Checks that `queue` exists, asking the broker on `session` when unsure, at most `patience`
+    /// (the confirm timeout: a blocked broker answers nothing). A missing queue is
+    /// [`PublishError::Unroutable`], as an immediate job to it would be.
+    pub async fn check(
         &self,
         session: &Session,
         queue: &QueueName,
         patience: Duration,
-    ) -> Result<bool, PublishError> {
+    ) -> Result<(), PublishError> {
         if self.configured.contains(queue) || self.recently_seen(queue) {
-            return Ok(true);
+            return Ok(());
         }
         tokio::time::timeout(patience, self.ask(session, queue))
             .await
             .unwrap_or(Err(PublishError::Timeout))
     }
 
-    async fn ask(&self, session: &Session, queue: &QueueName) -> Result<bool, PublishError> {
+    async fn ask(&self, session: &Session, queue: &QueueName) -> Result<(), PublishError> {
         // A failed passive declare closes its channel, so each question gets its own.
         let channel = session
             .open_channel()
@@ -73,9 +74,9 @@ impl KnownQueues {
                 if let Ok(mut seen) = self.seen.lock() {
                     seen.insert(queue.clone(), Instant::now());
                 }
-                Ok(true)
+                Ok(())
             }
-            Err(error) if is_not_found(&error) => Ok(false),
+            Err(error) if is_not_found(&error) => Err(PublishError::Unroutable),
             Err(_) => Err(PublishError::Unavailable),
         }
     }

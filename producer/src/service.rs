@@ -8,9 +8,8 @@ use crate::{
     spans,
     submission::{Rules, Submission},
 };
-use futures::{StreamExt, future::join_all, stream};
+use futures::{StreamExt, stream};
 use jobpipe_proto::{
-    delay::LEVELS,
     job::TraceContext,
     names::{JobId, QueueName},
     topology::Topology,
@@ -19,8 +18,7 @@ use jobpipe_proto::{
         SubmitJobsResponse, job_service_server,
     },
 };
-use jobpipe_runtime::amqp::{Link, Pending, PublishError, Session};
-use lapin::types::ShortString;
+use jobpipe_runtime::amqp::{Link, Pending, PublishError, Routes, Session};
 use std::{
     sync::Arc,
     time::{Instant, SystemTime},
@@ -28,8 +26,8 @@ use std::{
 use tonic::{Code, Request, Response, Status};
 use tracing::{Instrument, Span};
 
-/// Publishes of one batch sent at once: enough to keep the connection busy, few enough that the
-/// rest of the batch waits as compact `JobSpec`s rather than as in-flight publishes.
+/// Publishes of one batch being sent at once: enough to keep the connection busy, few enough
+/// that a large batch never holds more than this many encoded jobs and frames.
 const SEND_WINDOW: usize = 64;
 
 /// The gRPC service. Cheap to clone: tonic clones it per connection.
@@ -42,10 +40,7 @@ pub struct JobService {
 struct Inner {
     link: Link,
     rules: Rules,
-    /// `{prefix}.jobs`, built once: every publish needs it.
-    jobs_exchange: ShortString,
-    /// `{prefix}.delay.NN` by level, for scheduled jobs.
-    delay_levels: Vec<ShortString>,
+    routes: Routes,
     queues: KnownQueues,
     /// How long a scheduled job's destination check may take.
     confirm_timeout: std::time::Duration,
@@ -54,7 +49,7 @@ struct Inner {
 
 impl JobService {
     /// A service publishing through `link` to the exchanges of `topology`; `configured` are the
-    /// queues it declared itself.
+    /// queues the link declares or verifies.
     pub fn new(
         link: Link,
         rules: Rules,
@@ -67,10 +62,7 @@ impl JobService {
             inner: Arc::new(Inner {
                 link,
                 rules,
-                jobs_exchange: topology.jobs_exchange().into(),
-                delay_levels: (0..LEVELS)
-                    .map(|level| topology.delay_level(level).into())
-                    .collect(),
+                routes: Routes::new(&topology),
                 queues: KnownQueues::new(topology, configured),
                 confirm_timeout,
                 metrics,
@@ -137,10 +129,10 @@ impl Inner {
         self.confirm(sent).await
     }
 
-    /// Publishes a batch in two stages. Jobs are checked and sent a window at a time, in order;
-    /// once sent, a job is only its pending confirm (a few hundred bytes), so a large batch does
-    /// not hold every payload and property set until the last confirm. Then all the confirms,
-    /// in flight since their send, are awaited together.
+    /// Publishes a batch as one pipeline: jobs are checked and sent a window at a time, and each
+    /// sent job waits for its confirm as only its pending confirm (a few hundred bytes), so a
+    /// large batch never holds every encoded job until the last confirm. Results keep the
+    /// request's order.
     async fn submit_batch(
         &self,
         jobs: Vec<JobSpec>,
@@ -156,55 +148,63 @@ impl Inner {
         // Down before anything was published: fail the call as a whole, retrying it is safe.
         let session = self.session()?;
         let now = SystemTime::now();
-        let sent: Vec<(usize, String, Result<Sent, SubmitError>)> = stream::iter(jobs)
-            .enumerate()
-            .map(|(index, spec)| self.send_in_batch(&session, index, spec, now, caller))
+        let results = stream::iter(jobs)
+            .map(|spec| self.send_in_batch(&session, spec, now, caller))
             .buffered(SEND_WINDOW)
+            .enumerate()
+            .map(|(index, (job_id, sent))| self.answer(index, job_id, sent))
+            .buffered(limit)
             .collect()
             .await;
-        let results = sent.into_iter().map(|(index, job_id, sent)| async move {
-            let confirmed = match sent {
-                Ok(sent) => self.confirm(sent).await.map(drop),
-                Err(error) => Err(error),
-            };
-            match confirmed {
-                Ok(()) => JobResult {
-                    job_id,
-                    code: Code::Ok as i32,
-                    message: String::new(),
-                },
-                Err(error) => JobResult {
-                    job_id,
-                    code: error.code() as i32,
-                    message: error.describe(&format!("jobs[{index}]")),
-                },
-            }
-        });
-        Ok(join_all(results).await)
+        Ok(results)
     }
 
-    /// Checks and sends one job of a batch; returns its index, its id for the answer, and its
-    /// pending confirm or refusal.
+    /// Checks and sends one job of a batch; returns its id for the answer, and its pending
+    /// confirm or refusal.
     async fn send_in_batch(
         &self,
         session: &Session,
-        index: usize,
         spec: JobSpec,
         now: SystemTime,
         caller: Option<&TraceContext>,
-    ) -> (usize, String, Result<Sent, SubmitError>) {
+    ) -> (String, Result<Sent, SubmitError>) {
         let client_id = spec.job_id.clone();
         match self.check(spec, now) {
             Ok(submission) => {
                 let job_id = submission.properties.id.to_string();
-                (index, job_id, self.send(session, submission, caller).await)
+                (job_id, self.send(session, submission, caller).await)
             }
             Err(error) => {
                 // Echo the client's id only if it is valid: never reflect arbitrary input.
                 let job_id =
                     JobId::try_new(client_id).map_or_else(|_| String::new(), |id| id.to_string());
-                (index, job_id, Err(error))
+                (job_id, Err(error))
             }
+        }
+    }
+
+    /// The result of the batch's job `index` once the broker has spoken.
+    async fn answer(
+        &self,
+        index: usize,
+        job_id: String,
+        sent: Result<Sent, SubmitError>,
+    ) -> JobResult {
+        let confirmed = match sent {
+            Ok(sent) => self.confirm(sent).await.map(drop),
+            Err(error) => Err(error),
+        };
+        match confirmed {
+            Ok(()) => JobResult {
+                job_id,
+                code: Code::Ok as i32,
+                message: String::new(),
+            },
+            Err(error) => JobResult {
+                job_id,
+                code: error.code() as i32,
+                message: error.describe(&format!("jobs[{index}]")),
+            },
         }
     }
 
@@ -235,25 +235,13 @@ impl Inner {
             mut properties,
             payload,
         } = submission;
-        let (exchange, routing_key): (ShortString, ShortString) = match delay {
-            None => (self.jobs_exchange.clone(), queue.as_str().into()),
-            Some(delay) => {
-                match self
-                    .queues
-                    .exists(session, &queue, self.confirm_timeout)
-                    .await
-                {
-                    Ok(true) => {}
-                    Ok(false) => return Err(self.refused(&queue, PublishError::Unroutable)),
-                    Err(error) => return Err(self.refused(&queue, error)),
-                }
-                let level = usize::from(delay.entry_level());
-                (
-                    self.delay_levels[level].clone(),
-                    delay.routing_key(&queue).into(),
-                )
-            }
-        };
+        if delay.is_some() {
+            self.queues
+                .check(session, &queue, self.confirm_timeout)
+                .await
+                .map_err(|error| self.refused(&queue, error))?;
+        }
+        let (exchange, routing_key) = self.routes.job(&queue, delay);
         let span = spans::publish(exchange.as_str(), routing_key.as_str(), &properties.id);
         properties.trace = spans::job_context(&span, caller);
         let started = Instant::now();
@@ -292,19 +280,14 @@ impl Inner {
             .map_err(|error| SubmitError::from_publish(error, &queue))
     }
 
+    /// A job refused before any confirm: counted, but no confirm latency to observe.
     fn refused(&self, queue: &QueueName, error: PublishError) -> SubmitError {
-        self.record(queue, Err(error), Instant::now());
+        self.metrics.job(Some(queue), outcome(Err(error)));
         SubmitError::from_publish(error, queue)
     }
 
     fn record(&self, queue: &QueueName, published: Result<(), PublishError>, started: Instant) {
-        let outcome = match published {
-            Ok(()) => Outcome::Confirmed,
-            Err(PublishError::Unroutable) => Outcome::Unroutable,
-            Err(PublishError::Nacked) => Outcome::Nacked,
-            Err(PublishError::Timeout) => Outcome::Timeout,
-            Err(PublishError::Unavailable | PublishError::Blocked) => Outcome::Unavailable,
-        };
+        let outcome = outcome(published);
         if matches!(
             outcome,
             Outcome::Confirmed | Outcome::Nacked | Outcome::Unroutable
@@ -312,6 +295,16 @@ impl Inner {
             self.metrics.confirm_latency(started.elapsed());
         }
         self.metrics.job(Some(queue), outcome);
+    }
+}
+
+fn outcome(published: Result<(), PublishError>) -> Outcome {
+    match published {
+        Ok(()) => Outcome::Confirmed,
+        Err(PublishError::Unroutable) => Outcome::Unroutable,
+        Err(PublishError::Nacked) => Outcome::Nacked,
+        Err(PublishError::Timeout) => Outcome::Timeout,
+        Err(PublishError::Unavailable | PublishError::Blocked) => Outcome::Unavailable,
     }
 }
 

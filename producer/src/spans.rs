@@ -2,51 +2,34 @@
 //! the gRPC `traceparent`, and one per publish (kind producer), whose context travels in the job.
 //! Attribute names follow OpenTelemetry's RPC and messaging conventions.
 
-use crate::metrics::Method;
-use jobpipe_proto::{job::TraceContext, names::JobId};
+use crate::{SERVICE_NAME, metrics::Method};
+use jobpipe_proto::{
+    headers::{TRACEPARENT, TRACESTATE},
+    job::TraceContext,
+    names::JobId,
+};
 use jobpipe_runtime::telemetry::SPANS;
 use jobpipe_runtime::{amqp::PublishError, propagation};
 use tonic::{Code, metadata::MetadataMap};
 use tracing::{Span, field::Empty, info_span};
-use tracing_opentelemetry::OpenTelemetrySpanExt;
-
-/// The length of a version-00 `traceparent`.
-const TRACEPARENT_LEN: usize = 55;
-/// The longest `tracestate` carried (W3C: 32 members of at most 256 characters; real ones are
-/// far shorter, and the job's headers must fit in one AMQP frame).
-const MAX_TRACESTATE_LEN: usize = 512;
 
 /// The server span of one RPC, parented on the caller's trace, and that trace as the caller sent
 /// it (propagated into the jobs even when jobpipe itself exports no traces).
 pub fn rpc(method: Method, metadata: &MetadataMap) -> (Span, Option<TraceContext>) {
     let header = |name: &str| metadata.get(name).and_then(|value| value.to_str().ok());
-    // Only a well-formed context travels on into the job's headers, with a bounded state.
-    let caller = header("traceparent")
-        .filter(|traceparent| {
-            traceparent.len() == TRACEPARENT_LEN && propagation::trace_id_of(traceparent).is_some()
-        })
-        .map(|traceparent| TraceContext {
-            traceparent: traceparent.to_owned(),
-            tracestate: header("tracestate")
-                .filter(|state| state.len() <= MAX_TRACESTATE_LEN)
-                .unwrap_or_default()
-                .to_owned(),
-        });
+    let caller = propagation::from_caller(header(TRACEPARENT), header(TRACESTATE));
     let span = info_span!(
         target: SPANS,
         "rpc",
-        otel.name = %format_args!("jobpipe.v1.JobService/{}", method.as_str()),
+        otel.name = %format_args!("{SERVICE_NAME}/{}", method.as_str()),
         otel.kind = "server",
         otel.status_code = Empty,
         rpc.system = "grpc",
-        rpc.service = "jobpipe.v1.JobService",
+        rpc.service = SERVICE_NAME,
         rpc.method = method.as_str(),
         rpc.grpc.status_code = Empty,
     );
-    if caller.is_some() {
-        // Fails only when traces are not exported, and then there is no parent to set.
-        let _ = span.set_parent(propagation::extract(caller.as_ref()));
-    }
+    propagation::set_parent(&span, caller.as_ref());
     (span, caller)
 }
 
@@ -80,7 +63,7 @@ pub fn publish(exchange: &str, routing_key: &str, job_id: &JobId) -> Span {
 pub fn publish_done(span: &Span, published: Result<(), PublishError>) {
     if let Err(error) = published {
         span.record("otel.status_code", "ERROR");
-        span.record("error.type", error_type(error));
+        span.record("error.type", error.as_str());
     }
 }
 
@@ -88,14 +71,4 @@ pub fn publish_done(span: &Span, published: Result<(), PublishError>) {
 /// exports no traces itself.
 pub fn job_context(publish: &Span, caller: Option<&TraceContext>) -> Option<TraceContext> {
     propagation::context_of(publish).or_else(|| caller.cloned())
-}
-
-fn error_type(error: PublishError) -> &'static str {
-    match error {
-        PublishError::Unavailable => "unavailable",
-        PublishError::Blocked => "blocked",
-        PublishError::Unroutable => "unroutable",
-        PublishError::Nacked => "nacked",
-        PublishError::Timeout => "timeout",
-    }
 }

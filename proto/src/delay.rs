@@ -40,6 +40,11 @@ impl LadderDelay {
         }
     }
 
+    /// `secs` brought into the ladder's range: at least 1, at most [`MAX_DELAY_SECS`].
+    pub fn clamped(secs: u64) -> Self {
+        Self(secs.clamp(1, MAX_DELAY_SECS))
+    }
+
     /// The delay in seconds.
     pub fn secs(self) -> u64 {
         self.0
@@ -68,23 +73,6 @@ impl LadderDelay {
     }
 }
 
-/// Reads a ladder routing key back into its delay (seconds) and destination.
-pub fn parse_routing_key(key: &str) -> Option<(u64, &str)> {
-    let mut secs = 0u64;
-    let mut rest = key;
-    for _ in 0..LEVELS {
-        let (digit, tail) = rest.split_once('.')?;
-        secs = secs << 1
-            | match digit {
-                "0" => 0,
-                "1" => 1,
-                _ => return None,
-            };
-        rest = tail;
-    }
-    Some((secs, rest))
-}
-
 /// The binding pattern from level `level`'s exchange to its own queue (digit `level` is 1).
 pub fn hold_pattern(level: u8) -> String {
     pattern(level, '1')
@@ -108,6 +96,23 @@ fn pattern(level: u8, digit: char) -> String {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// Reads a ladder routing key back into its delay (seconds) and destination.
+    fn parse_routing_key(key: &str) -> Option<(u64, &str)> {
+        let mut secs = 0u64;
+        let mut rest = key;
+        for _ in 0..LEVELS {
+            let (digit, tail) = rest.split_once('.')?;
+            secs = secs << 1
+                | match digit {
+                    "0" => 0,
+                    "1" => 1,
+                    _ => return None,
+                };
+            rest = tail;
+        }
+        Some((secs, rest))
+    }
 
     fn queue() -> QueueName {
         QueueName::default_queue()

@@ -83,7 +83,7 @@ pub fn for_retry(
     due_at: SystemTime,
 ) -> BasicProperties {
     let mut table = carried_headers(original);
-    append_history(&mut table, failed);
+    append_history(&mut table, original, failed);
     table.insert(headers::ATTEMPT.into(), integer(next_attempt.into()));
     table.insert(headers::DUE_AT_MS.into(), integer(unix_millis(due_at)));
     original.clone().with_headers(table)
@@ -97,7 +97,7 @@ pub fn for_dead_letter(
     origin_queue: &str,
 ) -> BasicProperties {
     let mut table = carried_headers(original);
-    append_history(&mut table, last);
+    append_history(&mut table, original, last);
     table.insert(headers::ERROR_KIND.into(), long_string(kind.as_str()));
     table.insert(
         headers::ERROR.into(),
@@ -139,7 +139,8 @@ fn as_text(value: &AMQPValue) -> Option<String> {
     }
 }
 
-/// The original's headers minus RabbitMQ's dead-letter bookkeeping.
+/// The original's headers minus RabbitMQ's dead-letter bookkeeping and the history (which
+/// [`append_history`] rebuilds).
 fn carried_headers(original: &BasicProperties) -> FieldTable {
     let Some(table) = original.headers() else {
         return FieldTable::default();
@@ -148,15 +149,22 @@ fn carried_headers(original: &BasicProperties) -> FieldTable {
         table
             .inner()
             .iter()
-            .filter(|(key, _)| !headers::is_broker_death_record(key.as_str()))
+            .filter(|(key, _)| {
+                key.as_str() != headers::HISTORY && !headers::is_broker_death_record(key.as_str())
+            })
             .map(|(key, value)| (key.clone(), value.clone()))
             .collect::<BTreeMap<_, _>>(),
     )
 }
 
-/// Appends `record`, keeping the first entry and the latest ones within the cap.
-fn append_history(table: &mut FieldTable, record: &AttemptRecord) {
-    let mut entries: Vec<AMQPValue> = match table.inner().get(headers::HISTORY) {
+/// Writes `original`'s history with `record` appended into `table`, keeping the first entry and
+/// the latest ones within the cap.
+fn append_history(table: &mut FieldTable, original: &BasicProperties, record: &AttemptRecord) {
+    let earlier = original
+        .headers()
+        .as_ref()
+        .and_then(|table| table.inner().get(headers::HISTORY));
+    let mut entries: Vec<AMQPValue> = match earlier {
         Some(AMQPValue::FieldArray(entries)) => entries.as_slice().to_vec(),
         _ => Vec::new(),
     };

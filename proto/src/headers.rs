@@ -22,7 +22,7 @@ pub const ERROR: &str = "x-jobpipe-error";
 pub const FAILED_AT_MS: &str = "x-jobpipe-failed-at";
 /// The work queue the job was dead-lettered from (its short name).
 pub const ORIGIN_QUEUE: &str = "x-jobpipe-origin-queue";
-/// One entry per attempt: an array of tables (see `failure::Attempt`), capped in size.
+/// One entry per attempt: an array of tables (see `failure::AttemptRecord`), capped in size.
 pub const HISTORY: &str = "x-jobpipe-history";
 
 /// The W3C trace context of the submit, so every attempt joins the client's trace.

@@ -15,7 +15,7 @@ use tokio::{sync::watch, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
 /// How long stopping may take.
-pub const STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+const STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The settings the base needs from a service's configuration.
 #[derive(Debug, Clone, Copy)]
@@ -43,30 +43,33 @@ pub struct ServiceBase {
 
 impl ServiceBase {
     /// Starts the link (named `connection_name` in RabbitMQ) and the admin endpoint serving
-    /// `registry`, which gets build info and queue depths too; `connected` follows the link.
-    /// Readiness turns false when `draining` is cancelled, while the link stays up for the drain.
+    /// `registry`, which gets build info, the link's state and queue depths too. Readiness turns
+    /// false when `draining` is cancelled, while the link stays up for the drain.
     pub fn start(
         config: BaseConfig<'_>,
         connection_name: String,
         admin: Admin,
         mut registry: Registry,
-        connected: Gauge,
         draining: &CancellationToken,
     ) -> Self {
         let stop = CancellationToken::new();
-        let topology = config.topology.topology();
-        let plan = topology.plan(&config.topology.queues, &config.topology.queue_options());
         let (link, link_task) = Link::spawn(
             config.amqp.clone(),
-            plan,
+            config.topology.plan(),
             Declare::from_config(config.topology.declare),
             connection_name,
             stop.clone(),
         );
         register_build_info(&mut registry, config.service);
+        let connected = Gauge::default();
+        registry.register(
+            "jobpipe_broker_connected",
+            "Whether the broker link is up (1) or down (0)",
+            connected.clone(),
+        );
         let poller = tokio::spawn(QueueState::register(&mut registry).poll(
             link.clone(),
-            topology,
+            config.topology.topology(),
             config.topology.queues.clone(),
             config.metrics.queue_poll_interval,
             stop.clone(),

@@ -38,7 +38,7 @@ type QueueGauge = Family<[(&'static str, String); 1], Gauge>;
 
 /// The queue-depth gauges.
 #[derive(Debug, Clone, Default)]
-pub struct QueueState {
+pub(crate) struct QueueState {
     ready: QueueGauge,
     dead: QueueGauge,
     consumers: QueueGauge,
@@ -48,7 +48,7 @@ pub struct QueueState {
 
 impl QueueState {
     /// Creates the gauges, registered in `registry`.
-    pub fn register(registry: &mut Registry) -> Self {
+    pub(crate) fn register(registry: &mut Registry) -> Self {
         let state = Self::default();
         registry.register(
             "jobpipe_queue_ready_messages",
@@ -79,7 +79,7 @@ impl QueueState {
     }
 
     /// Polls every `interval` until `shutdown`; a zero interval polls never.
-    pub async fn poll(
+    pub(crate) async fn poll(
         self,
         link: Link,
         topology: Topology,

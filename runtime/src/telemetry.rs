@@ -47,7 +47,8 @@ pub enum LogFormat {
 #[serde(default, deny_unknown_fields)]
 pub struct TelemetryConfig {
     /// An OTLP/gRPC collector, e.g. `http://otel-collector:4317`. Empty: use
-    /// `OTEL_EXPORTER_OTLP_ENDPOINT` if set, else export nothing.
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or `OTEL_EXPORTER_OTLP_ENDPOINT` if set, else export
+    /// nothing.
     pub otlp_endpoint: String,
 }
 
@@ -112,11 +113,6 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    /// Whether spans are exported.
-    pub fn exporting(&self) -> bool {
-        self.provider.is_some()
-    }
-
     /// Exports what is buffered and stops the exporter.
     pub async fn shutdown(self) {
         if let Some(provider) = self.provider {

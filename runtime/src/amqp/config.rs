@@ -4,7 +4,7 @@
 use crate::settings::ConfigError;
 use jobpipe_proto::{
     names::{Prefix, QueueName},
-    topology::{QueueOptions, QueueType, Topology},
+    topology::{Plan, QueueOptions, QueueType, Topology},
 };
 use lapin::uri::AMQPUri;
 use serde::Deserialize;
@@ -159,6 +159,12 @@ impl TopologyConfig {
     /// The names of this installation's broker objects.
     pub fn topology(&self) -> Topology {
         Topology::new(self.prefix.clone())
+    }
+
+    /// Every broker object of this configuration: its queues, their dead-letter queues and the
+    /// delay ladder.
+    pub fn plan(&self) -> Plan {
+        self.topology().plan(&self.queues, &self.queue_options())
     }
 
     /// How work queues are declared.

@@ -239,16 +239,10 @@ impl Supervisor {
             Connection::connect_uri(uri, properties),
         )
         .await
-        .map_err(|_| self.connect_error("the AMQP handshake timed out"))?
-        .map_err(|error| self.connect_error(error))?;
+        .map_err(|_| connect_error(&self.config, "the AMQP handshake timed out"))?
+        .map_err(|error| connect_error(&self.config, error))?;
         let connection = Arc::new(connection);
-        let set_up = self
-            .bounded(async {
-                self.declare(&connection).await?;
-                self.open_publisher(&connection).await
-            })
-            .await;
-        match set_up {
+        match self.set_up(&connection).await {
             Ok(publisher) => Ok(Session {
                 publisher,
                 connection,
@@ -261,16 +255,25 @@ impl Supervisor {
         }
     }
 
+    /// Declares (or verifies) the topology and opens the publisher channel, under a deadline.
+    async fn set_up(&self, connection: &Connection) -> Result<Publisher, LinkError> {
+        bounded(&self.config, async {
+            self.declare(connection).await?;
+            self.open_publisher(connection).await
+        })
+        .await
+    }
+
     /// A channel in confirm mode for publishing.
     async fn open_publisher(&self, connection: &Connection) -> Result<Publisher, LinkError> {
         let channel = connection
             .create_channel()
             .await
-            .map_err(|error| self.connect_error(error))?;
+            .map_err(|error| connect_error(&self.config, error))?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await
-            .map_err(|error| self.connect_error(error))?;
+            .map_err(|error| connect_error(&self.config, error))?;
         Ok(Publisher::new(
             channel,
             connection.status().clone(),
@@ -278,30 +281,12 @@ impl Supervisor {
         ))
     }
 
-    /// Runs one setup step under a deadline: a broker that stops answering (a resource alarm
-    /// stops every write) must not hold the supervisor.
-    async fn bounded<T>(
-        &self,
-        step: impl Future<Output = Result<T, LinkError>>,
-    ) -> Result<T, LinkError> {
-        tokio::time::timeout(self.config.recovery_timeout, step)
-            .await
-            .unwrap_or_else(|_| Err(self.connect_error("the broker stopped answering")))
-    }
-
-    fn connect_error(&self, reason: impl std::fmt::Display) -> LinkError {
-        LinkError::Connect {
-            endpoint: self.config.url.endpoint(),
-            reason: reason.to_string(),
-        }
-    }
-
     async fn declare(&self, connection: &Connection) -> Result<(), LinkError> {
         // A refused declaration closes its channel: use one of its own.
         let channel = connection
             .create_channel()
             .await
-            .map_err(|error| self.connect_error(error))?;
+            .map_err(|error| connect_error(&self.config, error))?;
         let declared = match self.declare {
             Declare::Declare => topology::declare(&channel, &self.plan).await,
             Declare::Verify => topology::verify(&channel, &self.plan).await,
@@ -326,7 +311,8 @@ impl Supervisor {
             if status.connected() {
                 if down_since.take().is_some() {
                     // Recovered by lapin: declare again, in case the broker lost its state.
-                    if let Err(error) = self.bounded(self.declare(&session.connection)).await {
+                    let declared = bounded(&self.config, self.declare(&session.connection)).await;
+                    if let Err(error) = declared {
                         warn!(%error, "Topology declaration after recovery failed.");
                         self.state
                             .send_replace(LinkState::Down(Some(Arc::new(error))));
@@ -339,11 +325,7 @@ impl Supervisor {
                     // message) and lapin does not reopen it: without a new one every publish
                     // would fail while the link looks up. Declaring again restores what an
                     // operator may have deleted.
-                    let reopened = self.bounded(async {
-                        self.declare(&session.connection).await?;
-                        self.open_publisher(&session.connection).await
-                    });
-                    match reopened.await {
+                    match self.set_up(&session.connection).await {
                         Ok(publisher) => {
                             warn!("The broker closed the publisher channel; opened another.");
                             session.publisher = publisher;
@@ -387,7 +369,7 @@ enum Ended {
     Lost(Session),
 }
 
-/// Closes an abandoned connection for good. One lapin is still recovering would otherwise come
+/// Closes an abandoned connection for good. One that lapin is still recovering would otherwise come
 /// back on its own later, reopen the channels it had, and resubscribe consumers nobody reads;
 /// so it is watched until it either reconnects (then closed) or gives up (then dropped).
 fn retire(connection: Arc<Connection>) {
@@ -414,25 +396,38 @@ pub async fn declare_once(
     plan: &Plan,
     connection_name: String,
 ) -> Result<(), LinkError> {
-    let connect_error = |reason: String| LinkError::Connect {
-        endpoint: config.url.endpoint(),
-        reason,
-    };
     let properties = ConnectionProperties::default().with_connection_name(connection_name.into());
-    let declared = tokio::time::timeout(config.recovery_timeout, async {
+    bounded(config, async {
         let connection = Connection::connect_uri(config.url.uri().clone(), properties)
             .await
-            .map_err(|error| connect_error(error.to_string()))?;
+            .map_err(|error| connect_error(config, error))?;
         let channel = connection
             .create_channel()
             .await
-            .map_err(|error| connect_error(error.to_string()))?;
+            .map_err(|error| connect_error(config, error))?;
         let declared = topology::declare(&channel, plan).await;
         close(&connection).await;
         declared.map_err(LinkError::from)
     })
-    .await;
-    declared.unwrap_or_else(|_| Err(connect_error("the broker did not answer in time".into())))
+    .await
+}
+
+/// Runs a setup step under `config.recovery_timeout`: a broker that stops answering (a resource
+/// alarm stops every write) must not hold the caller.
+async fn bounded<T>(
+    config: &AmqpConfig,
+    step: impl Future<Output = Result<T, LinkError>>,
+) -> Result<T, LinkError> {
+    tokio::time::timeout(config.recovery_timeout, step)
+        .await
+        .unwrap_or_else(|_| Err(connect_error(config, "the broker stopped answering")))
+}
+
+fn connect_error(config: &AmqpConfig, reason: impl std::fmt::Display) -> LinkError {
+    LinkError::Connect {
+        endpoint: config.url.endpoint(),
+        reason: reason.to_string(),
+    }
 }
 
 async fn close(connection: &Connection) {

@@ -38,6 +38,19 @@ pub enum PublishError {
     Timeout,
 }
 
+impl PublishError {
+    /// A short stable name, for span attributes (`error.type`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unavailable => "unavailable",
+            Self::Blocked => "blocked",
+            Self::Unroutable => "unroutable",
+            Self::Nacked => "nacked",
+            Self::Timeout => "timeout",
+        }
+    }
+}
+
 impl Publisher {
     /// Wraps `channel`, which must be in confirm mode, of the connection whose status is
     /// `connection`.

@@ -131,7 +131,7 @@ pub async fn verify(channel: &Channel, plan: &Plan) -> Result<(), TopologyError>
                 FieldTable::default(),
             )
             .await
-            .map_err(|error| refusal(format!("exchange '{}'", exchange.name), &error))?;
+            .map_err(|error| absence(format!("exchange '{}'", exchange.name), &error))?;
     }
     let passive_queue = QueueDeclareOptions {
         passive: true,
@@ -145,9 +145,19 @@ pub async fn verify(channel: &Channel, plan: &Plan) -> Result<(), TopologyError>
                 FieldTable::default(),
             )
             .await
-            .map_err(|error| refusal(format!("queue '{}'", queue.name), &error))?;
+            .map_err(|error| absence(format!("queue '{}'", queue.name), &error))?;
     }
     Ok(())
+}
+
+/// A passive declaration's failure: an object that is not there (404) is [`TopologyError::Missing`].
+fn absence(object: String, error: &lapin::Error) -> TopologyError {
+    match error.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 404 => {
+            TopologyError::Missing { object }
+        }
+        _ => refusal(object, error),
+    }
 }
 
 fn refusal(object: String, error: &lapin::Error) -> TopologyError {
@@ -155,9 +165,6 @@ fn refusal(object: String, error: &lapin::Error) -> TopologyError {
         lapin::ErrorKind::ProtocolError(amqp) => amqp.get_message().to_string(),
         _ => error.to_string(),
     };
-    if text.starts_with("NOT_FOUND") {
-        return TopologyError::Missing { object };
-    }
     match parse_mismatch(&text) {
         Some((argument, detail)) => TopologyError::Mismatch {
             object,

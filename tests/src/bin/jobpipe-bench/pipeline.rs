@@ -82,7 +82,7 @@ impl Pipeline {
                 // Only the per-job "Job started." events (a target of their own) are needed.
                 (
                     "JOBPIPE__LOG__LEVEL",
-                    format!("warn,{}=debug", jobpipe_consumer::worker::STARTED_TARGET),
+                    format!("warn,{}=debug", jobpipe_consumer::STARTED_TARGET),
                 ),
                 ("JOBPIPE__CONSUMER__PREFETCH", opts.prefetch.to_string()),
                 (
