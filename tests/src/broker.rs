@@ -1,7 +1,7 @@
 //! The real broker, as tests see it: a unique topology per test that cleans up after itself, and
 //! a plain AMQP client to look inside queues without jobpipe in the way.
 
-use crate::within;
+use crate::{eventually, within};
 use jobpipe_proto::{
     names::{Prefix, QueueName},
     topology::{Destination, QueueOptions, QueueType, Topology},
@@ -10,7 +10,10 @@ use jobpipe_runtime::amqp::{AmqpConfig, AmqpUrl, TopologyConfig};
 use lapin::{
     BasicProperties, Channel, Connection, ConnectionProperties,
     message::BasicGetMessage,
-    options::{BasicGetOptions, BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions},
+    options::{
+        BasicGetOptions, BasicPublishOptions, ExchangeDeleteOptions, QueueDeclareOptions,
+        QueueDeleteOptions,
+    },
     types::FieldTable,
 };
 use std::time::Duration;
@@ -138,17 +141,18 @@ impl Drop for TestTopology {
                     probe.delete_queue(queue).await;
                 }
                 for exchange in &exchanges {
-                    let _ = probe
-                        .channel
-                        .exchange_delete(exchange.as_str().into(), Default::default())
-                        .await;
+                    // Best effort, as for the queues.
+                    let _ = probe.delete_exchange(exchange).await;
                 }
                 Ok::<_, lapin::Error>(())
             })?;
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
         });
-        if let Ok(Err(error)) = cleanup.join() {
-            eprintln!("cleaning up the test topology failed: {error}");
+        match cleanup.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => eprintln!("cleaning up the test topology failed: {error}"),
+            // A probe timeout panics the cleanup thread; its message is already printed.
+            Err(_) => eprintln!("cleaning up the test topology gave up"),
         }
     }
 }
@@ -191,6 +195,16 @@ impl Probe {
         .await
         .unwrap_or_else(|error| panic!("queue {queue} should exist: {error}"))
         .message_count()
+    }
+
+    /// Waits until `queue` holds exactly `count` ready messages, failing the test after `limit`.
+    pub async fn wait_for_count(&self, queue: &str, count: u32, limit: Duration) {
+        eventually(
+            limit,
+            &format!("{count} ready messages in {queue}"),
+            || async move { self.message_count(queue).await == count },
+        )
+        .await;
     }
 
     /// Takes one message from `queue` and acknowledges it.
@@ -245,5 +259,17 @@ impl Probe {
                 .queue_delete(queue.into(), QueueDeleteOptions::default()),
         )
         .await;
+    }
+
+    /// Deletes `exchange`; the broker's answer. A broker that does not answer in time fails the
+    /// test.
+    pub async fn delete_exchange(&self, exchange: &str) -> Result<(), lapin::Error> {
+        within(
+            PROBE_TIMEOUT,
+            "an exchange delete",
+            self.channel
+                .exchange_delete(exchange.into(), ExchangeDeleteOptions::default()),
+        )
+        .await
     }
 }

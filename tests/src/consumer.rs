@@ -3,7 +3,6 @@
 
 use crate::{broker, broker::TestTopology, eventually, within};
 use async_trait::async_trait;
-use bytes::Bytes;
 use jobpipe_consumer::{
     ConsumerError, Handler, Handlers, Job, JobError, builtin::Builtin, config::Config,
     retry::Jitter,
@@ -38,16 +37,12 @@ pub fn config(topology: &TestTopology, instance: &str) -> Config {
 pub struct Seen {
     /// The job's id.
     pub job_id: String,
-    /// The job's type.
-    pub job_type: String,
     /// The attempt.
     pub attempt: u32,
     /// The recorder's instance name.
     pub instance: String,
     /// When the attempt started.
     pub at: Instant,
-    /// The payload.
-    pub payload: Bytes,
 }
 
 /// A handler that reports every attempt to the test, then does what a built-in handler does.
@@ -63,11 +58,9 @@ impl Handler for Recorder {
     async fn handle(&self, job: Job) -> Result<(), JobError> {
         let _ = self.seen.send(Seen {
             job_id: job.id.to_string(),
-            job_type: job.job_type.to_string(),
             attempt: job.attempt,
             instance: self.instance.clone(),
             at: Instant::now(),
-            payload: job.payload.clone(),
         });
         self.then.handle(job).await
     }
@@ -156,12 +149,4 @@ impl RunningConsumer {
             .await
             .expect("consumer task")
     }
-}
-
-/// The value of the sample `series` (name and labels, exactly as exposed) in a metrics text.
-pub fn sample(metrics: &str, series: &str) -> Option<f64> {
-    metrics.lines().find_map(|line| {
-        let (name, value) = line.rsplit_once(' ')?;
-        (name == series).then(|| value.parse().ok())?
-    })
 }

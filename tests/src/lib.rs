@@ -87,3 +87,11 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     })
     .await
 }
+
+/// The value of the sample `series` (name and labels, exactly as exposed) in a metrics text.
+pub fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let (name, value) = line.rsplit_once(' ')?;
+        (name == series).then(|| value.parse().ok())?
+    })
+}

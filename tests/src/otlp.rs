@@ -1,7 +1,12 @@
 //! A real OTLP collector for trace tests: `rotel` (from PyPI), receiving OTLP/gRPC and printing
 //! every span it gets, which the test reads back.
 
-use crate::{process::free_port, tools::venv_tool, within};
+use crate::{
+    eventually,
+    process::{self, free_port},
+    tools::venv_tool,
+    within,
+};
 use std::{collections::HashMap, path::PathBuf, process::Stdio, time::Duration};
 use tokio::process::{Child, Command};
 
@@ -34,7 +39,7 @@ pub struct Collector {
     /// The OTLP/gRPC endpoint, `http://127.0.0.1:<port>`.
     pub endpoint: String,
     output: PathBuf,
-    _child: Child,
+    child: Child,
     _dir: tempfile::TempDir,
 }
 
@@ -56,16 +61,16 @@ impl Collector {
             .kill_on_drop(true)
             .spawn()
             .expect("start rotel");
-        within(Duration::from_secs(20), "the collector to listen", async {
-            while tokio::net::TcpStream::connect(grpc).await.is_err() {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        })
+        eventually(
+            Duration::from_secs(20),
+            "the collector to listen",
+            || async move { tokio::net::TcpStream::connect(grpc).await.is_ok() },
+        )
         .await;
         Self {
             endpoint: format!("http://{grpc}"),
             output,
-            _child: child,
+            child,
             _dir: dir,
         }
     }
@@ -95,6 +100,22 @@ impl Collector {
             },
         )
         .await
+    }
+
+    /// Stops the collector and returns every span it received. rotel stops gracefully on
+    /// SIGTERM: its receivers close, its pipelines print what they still hold, and it exits. So
+    /// once the senders have exited (their exports answered), counts taken from this are exact:
+    /// no span can still be on its way.
+    pub async fn stop(mut self, limit: Duration) -> Vec<SpanRecord> {
+        process::signal(self.child.id().expect("the collector is running"), "TERM");
+        let status = within(limit, "the collector to stop", self.child.wait())
+            .await
+            .expect("wait");
+        assert!(
+            status.success(),
+            "the collector stopped cleanly: {status:?}"
+        );
+        self.spans()
     }
 
     /// Every span printed so far.

@@ -1,8 +1,9 @@
 //! jobpipe's binaries run as real processes, for what only a process shows: exit codes, signals,
 //! and crashes. `make test` builds them first (`cargo build --bins`).
 
-use crate::within;
+use crate::{broker::TestTopology, eventually, within};
 use std::{
+    ffi::OsStr,
     net::SocketAddr,
     path::PathBuf,
     process::{ExitStatus, Stdio},
@@ -33,6 +34,39 @@ pub fn free_port() -> SocketAddr {
     listener.local_addr().expect("addr")
 }
 
+/// The environment every service process needs: the test broker (`JOBPIPE__AMQP__URL`),
+/// `topology`'s prefix, and its admin endpoint on `admin`. Callers add their own settings.
+pub fn service_env(topology: &TestTopology, admin: SocketAddr) -> Vec<(&'static str, String)> {
+    vec![
+        ("JOBPIPE__AMQP__URL", crate::broker::amqp_url()),
+        (
+            "JOBPIPE__TOPOLOGY__PREFIX",
+            topology.config().prefix.to_string(),
+        ),
+        ("JOBPIPE__ADMIN__LISTEN", admin.to_string()),
+    ]
+}
+
+/// Waits (at most 30 s) until the service whose admin endpoint is `admin` answers `/readyz`
+/// with 200.
+pub async fn wait_ready(admin: SocketAddr) {
+    eventually(
+        Duration::from_secs(30),
+        &format!("the service at {admin} to be ready"),
+        || async move { crate::http_get(admin, "/readyz").await.0 == 200 },
+    )
+    .await;
+}
+
+/// Sends `signal` (e.g. `TERM`, `INT`, `KILL`) to process `pid`, failing the test if `kill` does.
+pub fn signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill -{signal} {pid} failed");
+}
+
 /// A running jobpipe binary, killed if the test drops it.
 #[derive(Debug)]
 pub struct Service {
@@ -43,7 +77,7 @@ impl Service {
     /// Starts binary `name` with `args` and `env`; its output goes to the test's output.
     pub fn start(name: &str, args: &[&str], env: &[(&str, String)]) -> Self {
         Self {
-            child: command(name, args, env).spawn().expect("spawn"),
+            child: service_command(name, args, env).spawn().expect("spawn"),
         }
     }
 
@@ -60,7 +94,7 @@ impl Service {
         args: &[&str],
         env: &[(&str, String)],
     ) -> (Self, tokio::process::ChildStdout) {
-        let mut child = command(name, args, env)
+        let mut child = service_command(name, args, env)
             .stdout(Stdio::piped())
             .spawn()
             .expect("spawn");
@@ -75,11 +109,7 @@ impl Service {
 
     /// Sends `signal` (e.g. `TERM`, `INT`, `KILL`).
     pub fn signal(&self, signal: &str) {
-        let status = std::process::Command::new("kill")
-            .args([&format!("-{signal}"), &self.pid().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success(), "kill -{signal} failed");
+        self::signal(self.pid(), signal);
     }
 
     /// Waits for the process to exit, at most `limit`.
@@ -90,26 +120,31 @@ impl Service {
     }
 }
 
-fn command(name: &str, args: &[&str], env: &[(&str, String)]) -> Command {
+/// Binary `name` with `args` and `env`, no stdin, killed when dropped (a test that times out
+/// does not leave it running).
+fn command<V: AsRef<OsStr>>(name: &str, args: &[&str], env: &[(&str, V)]) -> Command {
     let mut command = Command::new(bin_path(name));
     command
         .args(args)
-        .env("JOBPIPE__LOG__FORMAT", "text")
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .envs(env.iter().map(|(key, value)| (*key, value)))
         .stdin(Stdio::null())
         .kill_on_drop(true);
     command
 }
 
+/// [`command`] for a service: text logs, unless `env` says otherwise.
+fn service_command(name: &str, args: &[&str], env: &[(&str, String)]) -> Command {
+    let text = [("JOBPIPE__LOG__FORMAT", "text".to_owned())];
+    command(name, args, &[&text[..], env].concat())
+}
+
 /// Runs binary `name` to completion with `args` and `env`: its status and combined output.
+/// Unlike a service it keeps its default log format (JSON, its output not being a terminal).
 pub async fn output(name: &str, args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String) {
     let output = within(
         Duration::from_secs(30),
         "the command to finish",
-        Command::new(bin_path(name))
-            .args(args)
-            .envs(env.iter().copied())
-            .output(),
+        command(name, args, env).output(),
     )
     .await
     .expect("run");

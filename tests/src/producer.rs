@@ -2,7 +2,9 @@
 
 use crate::{broker, broker::TestTopology, within};
 use jobpipe_producer::{Producer, ProducerError, config::Config};
-use jobpipe_proto::v1::job_service_client::JobServiceClient;
+use jobpipe_proto::v1::{
+    JobSpec, SubmitJobRequest, SubmitJobsRequest, job_service_client::JobServiceClient,
+};
 use std::{net::SocketAddr, time::Duration};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -61,6 +63,35 @@ impl RunningProducer {
     /// A connected gRPC client.
     pub async fn client(&self) -> JobServiceClient<Channel> {
         JobServiceClient::new(self.channel().await)
+    }
+
+    /// Submits `spec`, failing the test if it is refused; its job id.
+    pub async fn submit(&self, spec: JobSpec) -> String {
+        self.client()
+            .await
+            .submit_job(SubmitJobRequest { job: Some(spec) })
+            .await
+            .expect("submitted")
+            .into_inner()
+            .job_id
+    }
+
+    /// Submits `jobs` as one batch, failing the test if the batch or any job in it is refused;
+    /// their job ids, in order.
+    pub async fn submit_all(&self, jobs: Vec<JobSpec>) -> Vec<String> {
+        self.client()
+            .await
+            .submit_jobs(SubmitJobsRequest { jobs })
+            .await
+            .expect("batch")
+            .into_inner()
+            .results
+            .into_iter()
+            .map(|result| {
+                assert_eq!(result.code, 0, "{}", result.message);
+                result.job_id
+            })
+            .collect()
     }
 
     /// A gRPC channel to the producer (every call bounded).

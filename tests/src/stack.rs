@@ -6,7 +6,7 @@ use crate::{
     consumer::{self, RunningConsumer, Seen, recording_handlers},
     producer::{self, RunningProducer},
 };
-use jobpipe_proto::v1::{JobSpec, SubmitJobRequest};
+use jobpipe_proto::v1::JobSpec;
 use tokio::sync::mpsc;
 
 /// A running producer and consumer (instance `c`, every built-in handler recorded).
@@ -41,16 +41,9 @@ impl Stack {
         }
     }
 
-    /// Submits `spec`; its job id.
+    /// Submits `spec` ([`RunningProducer::submit`]); its job id.
     pub async fn submit(&self, spec: JobSpec) -> String {
-        self.producer
-            .client()
-            .await
-            .submit_job(SubmitJobRequest { job: Some(spec) })
-            .await
-            .expect("submitted")
-            .into_inner()
-            .job_id
+        self.producer.submit(spec).await
     }
 
     /// Stops both services cleanly, failing the test if either does not.

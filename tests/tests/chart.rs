@@ -57,18 +57,19 @@ async fn documents(yaml: &str) -> Vec<Value> {
         ])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
         .spawn()
         .expect("python");
     let mut stdin = child.stdin.take().expect("stdin");
-    stdin.write_all(yaml.as_bytes()).await.expect("write");
-    drop(stdin);
-    let out = within(
-        Duration::from_secs(30),
-        "yaml to json",
-        child.wait_with_output(),
-    )
-    .await
-    .expect("python ran");
+    // Written while python runs, and bounded with it: a stuck python cannot block the write.
+    let write = async move {
+        stdin.write_all(yaml.as_bytes()).await.expect("write");
+    };
+    let ((), out) = within(Duration::from_secs(30), "yaml to json", async {
+        tokio::join!(write, child.wait_with_output())
+    })
+    .await;
+    let out = out.expect("python ran");
     serde_json::from_slice(&out.stdout).expect("JSON documents")
 }
 

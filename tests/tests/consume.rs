@@ -5,13 +5,14 @@ use jobpipe_proto::{
     failure, headers,
     job::{JobProperties, integer_header, text_header},
     names::{JobId, JobType},
-    v1::{JobSpec, SubmitJobRequest, SubmitJobsRequest},
+    v1::{JobSpec, SubmitJobRequest},
 };
 use jobpipe_tests::{
     broker::{Probe, TestTopology},
     consumer::{self, RunningConsumer, next_seen, recording_handlers},
     eventually,
     producer::{self, RunningProducer},
+    sample,
     stack::Stack,
 };
 use lapin::BasicProperties;
@@ -43,15 +44,7 @@ async fn competing_consumers_share_the_work_and_ack_everything() {
     let jobs = (0..300)
         .map(|i| job("sleep", &format!("{}", i % 3)))
         .collect();
-    let results = producer
-        .client()
-        .await
-        .submit_jobs(SubmitJobsRequest { jobs })
-        .await
-        .expect("batch")
-        .into_inner()
-        .results;
-    let submitted: HashSet<String> = results.into_iter().map(|r| r.job_id).collect();
+    let submitted: HashSet<String> = producer.submit_all(jobs).await.into_iter().collect();
 
     let attempts = next_seen(&mut seen, 300, Duration::from_secs(60)).await;
     let processed: HashSet<String> = attempts.iter().map(|s| s.job_id.clone()).collect();
@@ -69,7 +62,7 @@ async fn competing_consumers_share_the_work_and_ack_everything() {
         metrics
             .iter()
             .filter_map(|m| {
-                consumer::sample(
+                sample(
                     m,
                     r#"jobpipe_consumer_jobs_total{queue="default",type="sleep",outcome="succeeded",reason=""}"#,
                 )
@@ -123,23 +116,22 @@ async fn transient_failures_retry_with_growing_backoff_until_success() {
     );
     assert!(second_gap > first_gap, "gaps grow");
 
-    let metrics = stack.consumer.metrics().await;
-    let series = |outcome: &str, reason: &str| {
-        consumer::sample(
-            &metrics,
+    let series = |metrics: &str, outcome: &str, reason: &str| {
+        sample(
+            metrics,
             &format!(
                 r#"jobpipe_consumer_jobs_total{{queue="default",type="fail",outcome="{outcome}",reason="{reason}"}}"#
             ),
         )
     };
-    eventually(Duration::from_secs(5), "the success to be counted", || async {
-        consumer::sample(
-            &stack.consumer.metrics().await,
-            r#"jobpipe_consumer_jobs_total{queue="default",type="fail",outcome="succeeded",reason=""}"#,
-        ) == Some(1.0)
-    })
+    eventually(
+        Duration::from_secs(5),
+        "the success to be counted",
+        || async { series(&stack.consumer.metrics().await, "succeeded", "") == Some(1.0) },
+    )
     .await;
-    assert_eq!(series("retried", "transient"), Some(2.0));
+    let metrics = stack.consumer.metrics().await;
+    assert_eq!(series(&metrics, "retried", "transient"), Some(2.0));
     let probe = Probe::connect().await.expect("probe");
     assert_eq!(
         probe
@@ -172,10 +164,9 @@ async fn permanent_and_exhausted_failures_are_dead_lettered_with_their_history()
 
     let probe = Probe::connect().await.expect("probe");
     let dead_queue = stack.topology.dead_queue("default");
-    eventually(Duration::from_secs(10), "two dead letters", || async {
-        probe.message_count(&dead_queue).await == 2
-    })
-    .await;
+    probe
+        .wait_for_count(&dead_queue, 2, Duration::from_secs(10))
+        .await;
     let drained: Vec<BasicProperties> = probe
         .drain(&dead_queue)
         .await
@@ -279,10 +270,9 @@ async fn unknown_types_and_unreadable_messages_are_dead_lettered_after_one_deliv
         .await;
 
     let dead_queue = stack.topology.dead_queue("default");
-    eventually(Duration::from_secs(10), "two dead letters", || async {
-        probe.message_count(&dead_queue).await == 2
-    })
-    .await;
+    probe
+        .wait_for_count(&dead_queue, 2, Duration::from_secs(10))
+        .await;
     let mut kinds = HashMap::new();
     for message in probe.drain(&dead_queue).await {
         let props = &message.delivery.properties;
@@ -320,17 +310,13 @@ async fn unknown_types_and_unreadable_messages_are_dead_lettered_after_one_deliv
         )
     };
     assert_eq!(
-        consumer::sample(&metrics, &series("no_handler")),
+        sample(&metrics, &series("no_handler")),
         Some(1.0),
         "{metrics}"
     );
+    assert_eq!(sample(&metrics, &series("decode")), Some(1.0), "{metrics}");
     assert_eq!(
-        consumer::sample(&metrics, &series("decode")),
-        Some(1.0),
-        "{metrics}"
-    );
-    assert_eq!(
-        consumer::sample(
+        sample(
             &metrics,
             r#"jobpipe_consumer_redeliveries_total{queue="default"}"#
         ),
@@ -416,10 +402,9 @@ async fn panics_and_timeouts_are_failures_with_their_own_kind() {
     next_seen(&mut stack.seen, 3, Duration::from_secs(30)).await;
     let probe = Probe::connect().await.expect("probe");
     let dead_queue = stack.topology.dead_queue("default");
-    eventually(Duration::from_secs(10), "two dead letters", || async {
-        probe.message_count(&dead_queue).await == 2
-    })
-    .await;
+    probe
+        .wait_for_count(&dead_queue, 2, Duration::from_secs(10))
+        .await;
     let mut found = HashMap::new();
     for message in probe.drain(&dead_queue).await {
         let props = message.delivery.properties;
@@ -475,12 +460,7 @@ async fn a_delayed_job_whose_queue_vanished_is_caught_and_does_not_stall_its_lev
         in_two_seconds("gone", "orphan"),
         in_two_seconds("kept", "survivor"),
     ] {
-        producer
-            .client()
-            .await
-            .submit_job(SubmitJobRequest { job: Some(spec) })
-            .await
-            .expect("submitted");
+        producer.submit(spec).await;
     }
     let probe = Probe::connect().await.expect("probe");
     probe.delete_queue(&topology.work_queue("gone")).await;
@@ -488,12 +468,10 @@ async fn a_delayed_job_whose_queue_vanished_is_caught_and_does_not_stall_its_lev
     let seen = next_seen(&mut seen, 1, Duration::from_secs(15)).await;
     assert_eq!(seen[0].job_id, "survivor", "the level kept flowing");
     let unroutable = topology.names().delay_unroutable();
-    eventually(
-        Duration::from_secs(10),
-        "the orphan to be caught",
-        || async { probe.message_count(&unroutable).await == 1 },
-    )
-    .await;
+    // The orphan is caught.
+    probe
+        .wait_for_count(&unroutable, 1, Duration::from_secs(10))
+        .await;
     let orphan = probe.get(&unroutable).await.expect("orphan");
     assert_eq!(
         orphan

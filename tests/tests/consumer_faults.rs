@@ -1,18 +1,15 @@
 //! The consumer when things go wrong: the broker link cut and restored, SIGTERM mid-job, SIGKILL
 //! mid-job, and a job that crashes every consumer that takes it.
 
-use jobpipe_proto::{
-    headers,
-    job::text_header,
-    v1::{JobSpec, SubmitJobRequest, SubmitJobsRequest},
-};
+use jobpipe_proto::{headers, job::text_header, v1::JobSpec};
 use jobpipe_tests::{
-    broker::{Probe, TestTopology, amqp_url},
-    consumer::{self, RunningConsumer, next_seen, recording_handlers, sample},
+    broker::{Probe, TestTopology},
+    consumer::{self, RunningConsumer, next_seen, recording_handlers},
     eventually, http_get,
-    process::{Service, free_port},
+    process::{Service, free_port, service_env, wait_ready},
     producer::{self, RunningProducer},
     proxy::Proxy,
+    sample,
 };
 use lapin::types::AMQPValue;
 use std::{
@@ -30,38 +27,14 @@ fn job(job_type: &str, payload: &str) -> JobSpec {
     }
 }
 
-async fn submit_all(producer: &RunningProducer, jobs: Vec<JobSpec>) -> Vec<String> {
-    producer
-        .client()
-        .await
-        .submit_jobs(SubmitJobsRequest { jobs })
-        .await
-        .expect("batch")
-        .into_inner()
-        .results
-        .into_iter()
-        .map(|r| {
-            assert_eq!(r.code, 0, "{}", r.message);
-            r.job_id
-        })
-        .collect()
-}
-
 /// A consumer binary on `topology`, its admin endpoint on `admin`.
 fn consumer_process(
     topology: &TestTopology,
     admin: SocketAddr,
     extra: &[(&str, String)],
 ) -> Service {
-    let mut env = vec![
-        ("JOBPIPE__AMQP__URL", amqp_url()),
-        (
-            "JOBPIPE__TOPOLOGY__PREFIX",
-            topology.config().prefix.to_string(),
-        ),
-        ("JOBPIPE__ADMIN__LISTEN", admin.to_string()),
-        ("JOBPIPE__RETRY__JITTER", "none".to_owned()),
-    ];
+    let mut env = service_env(topology, admin);
+    env.push(("JOBPIPE__RETRY__JITTER", "none".to_owned()));
     env.extend(extra.iter().cloned());
     Service::start("jobpipe-consumer", &[], &env)
 }
@@ -92,11 +65,11 @@ async fn consumption_resumes_after_the_broker_link_is_cut_and_nothing_is_lost() 
     let (seen_tx, mut seen) = mpsc::unbounded_channel();
     let consumer = RunningConsumer::start(config, recording_handlers("c", &seen_tx)).await;
 
-    let ids: HashSet<String> =
-        submit_all(&producer, (0..60).map(|_| job("sleep", "50ms")).collect())
-            .await
-            .into_iter()
-            .collect();
+    let ids: HashSet<String> = producer
+        .submit_all((0..60).map(|_| job("sleep", "50ms")).collect())
+        .await
+        .into_iter()
+        .collect();
     let mut processed: HashSet<String> = next_seen(&mut seen, 5, Duration::from_secs(20))
         .await
         .into_iter()
@@ -146,34 +119,19 @@ async fn sigterm_lets_the_running_job_finish_and_returns_the_prefetched_ones() {
             ("JOBPIPE__SHUTDOWN__GRACE_PERIOD", "10s".into()),
         ],
     );
-    eventually(
-        Duration::from_secs(30),
-        "the consumer process to be ready",
-        || async { http_get(admin, "/readyz").await.0 == 200 },
-    )
-    .await;
-    let long = producer
-        .client()
-        .await
-        .submit_job(SubmitJobRequest {
-            job: Some(job("sleep", "3s")),
-        })
-        .await
-        .expect("submit")
-        .into_inner()
-        .job_id;
+    wait_ready(admin).await;
+    let long = producer.submit(job("sleep", "3s")).await;
     wait_for_in_flight(admin, 1.0).await;
-    let waiting: HashSet<String> = submit_all(&producer, (0..4).map(|_| job("noop", "")).collect())
+    let waiting: HashSet<String> = producer
+        .submit_all((0..4).map(|_| job("noop", "")).collect())
         .await
         .into_iter()
         .collect();
     let probe = Probe::connect().await.expect("probe");
-    eventually(
-        Duration::from_secs(10),
-        "the rest to be prefetched",
-        || async { probe.message_count(&topology.work_queue("default")).await == 0 },
-    )
-    .await;
+    // The rest are prefetched.
+    probe
+        .wait_for_count(&topology.work_queue("default"), 0, Duration::from_secs(10))
+        .await;
 
     let signalled = Instant::now();
     draining.signal("TERM");
@@ -184,12 +142,10 @@ async fn sigterm_lets_the_running_job_finish_and_returns_the_prefetched_ones() {
         took < Duration::from_secs(10),
         "exited within the grace period ({took:?})"
     );
-    eventually(
-        Duration::from_secs(10),
-        "the prefetched jobs to be back (the running one was acked)",
-        || async { probe.message_count(&topology.work_queue("default")).await == 4 },
-    )
-    .await;
+    // The prefetched jobs are back (the running one was acked).
+    probe
+        .wait_for_count(&topology.work_queue("default"), 4, Duration::from_secs(10))
+        .await;
 
     let (seen_tx, mut seen) = mpsc::unbounded_channel();
     let other = RunningConsumer::start(
@@ -222,22 +178,8 @@ async fn sigkill_mid_job_means_another_instance_gets_it() {
     let producer = RunningProducer::start(producer::config(&topology)).await;
     let admin = free_port();
     let doomed = consumer_process(&topology, admin, &[]);
-    eventually(
-        Duration::from_secs(30),
-        "the consumer process to be ready",
-        || async { http_get(admin, "/readyz").await.0 == 200 },
-    )
-    .await;
-    let id = producer
-        .client()
-        .await
-        .submit_job(SubmitJobRequest {
-            job: Some(job("sleep", "2s")),
-        })
-        .await
-        .expect("submit")
-        .into_inner()
-        .job_id;
+    wait_ready(admin).await;
+    let id = producer.submit(job("sleep", "2s")).await;
     wait_for_in_flight(admin, 1.0).await;
     doomed.signal("KILL");
     doomed.exit(Duration::from_secs(5)).await;
@@ -273,16 +215,11 @@ async fn a_job_that_crashes_its_consumer_ends_in_the_dead_letter_queue() {
     config.topology.delivery_limit = 2;
     let producer = RunningProducer::start(config).await;
     producer
-        .client()
-        .await
-        .submit_job(SubmitJobRequest {
-            job: Some(JobSpec {
-                job_id: "crasher".into(),
-                ..job("crash", "")
-            }),
+        .submit(JobSpec {
+            job_id: "crasher".into(),
+            ..job("crash", "")
         })
-        .await
-        .expect("submit");
+        .await;
 
     let probe = Probe::connect().await.expect("probe");
     let dead_queue = topology.dead_queue("default");
@@ -350,20 +287,8 @@ async fn a_second_interrupt_forces_the_exit_without_waiting_for_running_jobs() {
         admin,
         &[("JOBPIPE__SHUTDOWN__GRACE_PERIOD", "60s".into())],
     );
-    eventually(
-        Duration::from_secs(30),
-        "the consumer process to be ready",
-        || async { http_get(admin, "/readyz").await.0 == 200 },
-    )
-    .await;
-    producer
-        .client()
-        .await
-        .submit_job(SubmitJobRequest {
-            job: Some(job("sleep", "60s")),
-        })
-        .await
-        .expect("submit");
+    wait_ready(admin).await;
+    producer.submit(job("sleep", "60s")).await;
     wait_for_in_flight(admin, 1.0).await;
 
     consumer.signal("INT");
@@ -379,11 +304,8 @@ async fn a_second_interrupt_forces_the_exit_without_waiting_for_running_jobs() {
     assert!(forced.elapsed() < Duration::from_secs(5), "forced at once");
     // The unfinished job was never acked: the broker has it back.
     let probe = Probe::connect().await.expect("probe");
-    eventually(
-        Duration::from_secs(10),
-        "the job to be back in its queue",
-        || async { probe.message_count(&topology.work_queue("default")).await == 1 },
-    )
-    .await;
+    probe
+        .wait_for_count(&topology.work_queue("default"), 1, Duration::from_secs(10))
+        .await;
     producer.stop().await.expect("clean stop");
 }

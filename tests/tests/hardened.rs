@@ -6,10 +6,9 @@
 use jobpipe_proto::v1::{JobSpec, SubmitJobRequest, job_service_client::JobServiceClient};
 use jobpipe_tests::{
     broker::TestTopology,
-    consumer::sample,
     eventually, grpc_channel, http_get,
-    process::{Service, bin_path, free_port},
-    within,
+    process::{self, Service, bin_path, free_port, wait_ready},
+    sample, within,
 };
 use std::{os::unix::fs::PermissionsExt, path::Path, time::Duration};
 use tokio::process::Command;
@@ -112,12 +111,7 @@ async fn the_services_run_as_non_root_on_a_read_only_filesystem_with_mounted_con
     );
     let consumer = sandboxed("jobpipe-consumer", "consumer.toml", mounted.path(), &[]);
     for admin in [producer_admin, consumer_admin] {
-        eventually(
-            Duration::from_secs(30),
-            "a sandboxed service to be ready",
-            || async move { http_get(admin, "/readyz").await.0 == 200 },
-        )
-        .await;
+        wait_ready(admin).await;
     }
 
     let mut client = JobServiceClient::new(grpc_channel(grpc).await);
@@ -139,12 +133,7 @@ async fn the_services_run_as_non_root_on_a_read_only_filesystem_with_mounted_con
     for service in [producer, consumer] {
         // bwrap does not forward signals: send SIGTERM to the service itself, as a container
         // runtime does; bwrap then exits with the service's status.
-        let inner = inner_pid(service.pid());
-        let killed = std::process::Command::new("kill")
-            .args(["-TERM", &inner.to_string()])
-            .status()
-            .expect("kill");
-        assert!(killed.success());
+        process::signal(inner_pid(service.pid()), "TERM");
         let status = service.exit(Duration::from_secs(20)).await;
         assert_eq!(status.code(), Some(0), "{status:?}");
     }

@@ -4,13 +4,13 @@
 
 use jobpipe_proto::v1::{JobSpec, SubmitJobRequest, job_service_client::JobServiceClient};
 use jobpipe_tests::{
-    broker::{TestTopology, amqp_url},
-    consumer::{self, RunningConsumer, next_seen, recording_handlers, sample},
+    broker::{TestTopology, broker_parts},
+    consumer::{self, RunningConsumer, next_seen, recording_handlers},
     eventually, grpc_channel, http_get,
     otlp::{Collector, SpanRecord},
-    process::{Service, free_port},
+    process::{Service, free_port, service_env, wait_ready},
     producer::{self, RunningProducer},
-    within,
+    sample, within,
 };
 use std::time::Duration;
 use tokio::{io::AsyncReadExt, sync::mpsc};
@@ -35,30 +35,18 @@ fn traced(spec: JobSpec) -> tonic::Request<SubmitJobRequest> {
     request
 }
 
-async fn ready(admin: std::net::SocketAddr) {
-    eventually(
-        Duration::from_secs(30),
-        "a service to be ready",
-        || async move { http_get(admin, "/readyz").await.0 == 200 },
-    )
-    .await;
-}
-
 #[tokio::test]
 async fn one_trace_follows_a_job_from_the_call_to_its_last_attempt() {
     let topology = TestTopology::new("trace", &["default"]);
     let collector = Collector::start().await;
     let prefix = topology.config().prefix.to_string();
     let common = |admin: std::net::SocketAddr| {
-        vec![
-            ("JOBPIPE__AMQP__URL", amqp_url()),
-            ("JOBPIPE__TOPOLOGY__PREFIX", prefix.clone()),
-            ("JOBPIPE__ADMIN__LISTEN", admin.to_string()),
-            (
-                "JOBPIPE__TELEMETRY__OTLP_ENDPOINT",
-                collector.endpoint.clone(),
-            ),
-        ]
+        let mut env = service_env(&topology, admin);
+        env.push((
+            "JOBPIPE__TELEMETRY__OTLP_ENDPOINT",
+            collector.endpoint.clone(),
+        ));
+        env
     };
     let grpc = free_port();
     let (producer_admin, consumer_admin) = (free_port(), free_port());
@@ -68,8 +56,8 @@ async fn one_trace_follows_a_job_from_the_call_to_its_last_attempt() {
     let mut env = common(consumer_admin);
     env.push(("JOBPIPE__RETRY__JITTER", "none".into()));
     let consumer = Service::start("jobpipe-consumer", &[], &env);
-    ready(producer_admin).await;
-    ready(consumer_admin).await;
+    wait_ready(producer_admin).await;
+    wait_ready(consumer_admin).await;
 
     let mut client = JobServiceClient::new(grpc_channel(grpc).await);
     let job_id = client
@@ -90,9 +78,17 @@ async fn one_trace_follows_a_job_from_the_call_to_its_last_attempt() {
     assert!(producer.exit(Duration::from_secs(20)).await.success());
     assert!(consumer.exit(Duration::from_secs(20)).await.success());
 
-    let spans = collector
+    collector
         .wait_for_trace(TRACE_ID, 4, Duration::from_secs(20))
         .await;
+    // Stopping the collector prints whatever it still holds: the exact counts below see every
+    // span of the trace, not just the first four to arrive.
+    let spans: Vec<SpanRecord> = collector
+        .stop(Duration::from_secs(20))
+        .await
+        .into_iter()
+        .filter(|span| span.trace_id == TRACE_ID)
+        .collect();
     let of_kind =
         |kind: &str| -> Vec<&SpanRecord> { spans.iter().filter(|s| s.kind == kind).collect() };
     let [server] = of_kind("SPAN_KIND_SERVER")[..] else {
@@ -158,7 +154,6 @@ async fn metrics_count_a_known_workload_exactly_and_pass_promtool() {
     config.metrics.queue_poll_interval = Duration::from_millis(200);
     let consumer = RunningConsumer::start(config, recording_handlers("c", &seen_tx)).await;
 
-    let mut client = producer.client().await;
     let specs = [
         job("noop", ""),
         job("noop", ""),
@@ -167,12 +162,11 @@ async fn metrics_count_a_known_workload_exactly_and_pass_promtool() {
         job("fail", "permanent"),
     ];
     for spec in specs {
-        client
-            .submit_job(SubmitJobRequest { job: Some(spec) })
-            .await
-            .expect("submitted");
+        producer.submit(spec).await;
     }
-    let refused = client
+    let refused = producer
+        .client()
+        .await
         .submit_job(SubmitJobRequest {
             job: Some(job("", "")),
         })
@@ -273,17 +267,15 @@ async fn job_logs_are_json_lines_with_the_documented_fields_and_no_payload() {
     let topology = TestTopology::new("logs", &["default"]);
     let producer = RunningProducer::start(producer::config(&topology)).await;
     let admin = free_port();
-    let env = [
-        ("JOBPIPE__AMQP__URL", amqp_url()),
-        (
-            "JOBPIPE__TOPOLOGY__PREFIX",
-            topology.config().prefix.to_string(),
-        ),
-        ("JOBPIPE__ADMIN__LISTEN", admin.to_string()),
-        ("JOBPIPE__LOG__FORMAT", "json".to_owned()),
-    ];
+    let mut env = service_env(&topology, admin);
+    env.push(("JOBPIPE__LOG__FORMAT", "json".to_owned()));
     let (consumer, mut stdout) = Service::start_piped("jobpipe-consumer", &[], &env);
-    ready(admin).await;
+    // Read as it comes: a pipe nobody reads fills up and blocks the consumer's logging.
+    let logs = tokio::spawn(async move {
+        let mut output = String::new();
+        stdout.read_to_string(&mut output).await.map(|_| output)
+    });
+    wait_ready(admin).await;
     let marker = "PAYLOAD-MARKER-7f3a";
     let job_id = producer
         .client()
@@ -303,14 +295,10 @@ async fn job_logs_are_json_lines_with_the_documented_fields_and_no_payload() {
     .await;
     consumer.signal("TERM");
     assert!(consumer.exit(Duration::from_secs(20)).await.success());
-    let mut output = String::new();
-    within(
-        Duration::from_secs(5),
-        "the log output",
-        stdout.read_to_string(&mut output),
-    )
-    .await
-    .expect("read logs");
+    let output = within(Duration::from_secs(5), "the log output", logs)
+        .await
+        .expect("log reader")
+        .expect("read logs");
 
     assert!(
         !output.contains(marker),
@@ -337,7 +325,8 @@ async fn job_logs_are_json_lines_with_the_documented_fields_and_no_payload() {
     );
     assert!(finished["duration_us"].is_u64(), "{finished}");
     assert!(finished["timestamp"].is_string(), "{finished}");
-    assert!(!output.contains("guest:guest"), "no credentials");
+    let (_, _, password, _) = broker_parts();
+    assert!(!output.contains(&password), "no credentials");
     producer.stop().await.expect("clean stop");
 }
 
@@ -348,18 +337,19 @@ async fn promtool_check_metrics(exposition: &str) {
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
         .spawn()
         .expect("promtool (tests/tools/install.sh installs it)");
     let mut stdin = child.stdin.take().expect("stdin");
-    stdin.write_all(exposition.as_bytes()).await.expect("write");
-    drop(stdin);
-    let output = within(
-        Duration::from_secs(10),
-        "promtool",
-        child.wait_with_output(),
-    )
-    .await
-    .expect("promtool ran");
+    // Written while promtool runs, and bounded with it: a stuck promtool cannot block the write.
+    let write = async move {
+        stdin.write_all(exposition.as_bytes()).await.expect("write");
+    };
+    let ((), output) = within(Duration::from_secs(10), "promtool", async {
+        tokio::join!(write, child.wait_with_output())
+    })
+    .await;
+    let output = output.expect("promtool ran");
     assert!(
         output.status.success(),
         "promtool check metrics: {}{}\n{exposition}",
@@ -378,13 +368,7 @@ async fn the_dashboard_and_alerts_use_only_metrics_the_services_export() {
     let mut config = consumer::config(&topology, "c");
     config.metrics.queue_poll_interval = Duration::from_millis(200);
     let consumer = RunningConsumer::start(config, recording_handlers("c", &seen_tx)).await;
-    let mut client = producer.client().await;
-    client
-        .submit_job(SubmitJobRequest {
-            job: Some(job("fail", "1")),
-        })
-        .await
-        .expect("submitted");
+    producer.submit(job("fail", "1")).await;
     next_seen(&mut seen, 2, Duration::from_secs(20)).await;
     let exposition = || async {
         format!(

@@ -214,7 +214,13 @@ async fn a_topology_mismatch_stops_the_producer_naming_the_queue_and_argument() 
 #[tokio::test]
 async fn draining_finishes_the_batch_in_flight() {
     let topology = TestTopology::new("drain", &["default"]);
+    // Through a proxy that holds the broker's confirms back: the batch is certainly still in
+    // flight (so the drain, and the admin endpoint, certainly last) until the test releases it.
+    let proxy = Proxy::start(jobpipe_tests::broker::broker_parts().0)
+        .await
+        .expect("proxy");
     let mut config = producer::config(&topology);
+    config.amqp.url = proxy.amqp_url().parse().expect("url");
     config.limits.max_batch_jobs = 5000;
     let producer = RunningProducer::start(config).await;
     let mut client = producer.client().await;
@@ -224,6 +230,7 @@ async fn draining_finishes_the_batch_in_flight() {
             ..JobSpec::default()
         })
         .collect();
+    proxy.hold();
     let batch = tokio::spawn(async move { client.submit_jobs(SubmitJobsRequest { jobs }).await });
     let probe = Probe::connect().await.expect("probe");
     let queue = topology.work_queue("default");
@@ -235,9 +242,14 @@ async fn draining_finishes_the_batch_in_flight() {
     let admin = producer.admin_addr;
     let stopping = tokio::spawn(producer.stop());
     eventually(Duration::from_secs(5), "readiness to turn off", || async {
-        jobpipe_tests::http_get(admin, "/readyz").await.0 == 503
+        match jobpipe_tests::http_get(admin, "/readyz").await.0 {
+            503 => true,
+            200 => false,
+            status => panic!("/readyz answered {status} (0: nothing listens) before 503"),
+        }
     })
     .await;
+    proxy.release();
     within(Duration::from_secs(30), "the drain", stopping)
         .await
         .expect("task")
@@ -263,8 +275,7 @@ async fn a_publisher_channel_the_broker_closed_is_replaced_without_a_restart() {
     // closes the producer's publishing channel.
     let probe = Probe::connect().await.expect("probe");
     probe
-        .channel
-        .exchange_delete(topology.names().jobs_exchange().into(), Default::default())
+        .delete_exchange(&topology.names().jobs_exchange())
         .await
         .expect("delete the exchange");
     let status = client.submit_job(request()).await.expect_err("no exchange");

@@ -4,7 +4,7 @@ use jobpipe_proto::v1::{JobSpec, SubmitJobRequest, job_service_client::JobServic
 use jobpipe_tests::{
     broker::{TestTopology, amqp_url},
     eventually,
-    process::{Service, free_port, output},
+    process::{Service, free_port, output, service_env},
 };
 use std::time::Duration;
 
@@ -38,20 +38,10 @@ async fn bad_configuration_exits_64_with_one_line_naming_the_key() {
 async fn sigterm_drains_and_exits_zero() {
     let topology = TestTopology::new("sigterm", &["default"]);
     let grpc = free_port();
-    let producer = Service::start(
-        "jobpipe-producer",
-        &[],
-        &[
-            ("JOBPIPE__AMQP__URL", amqp_url()),
-            (
-                "JOBPIPE__TOPOLOGY__PREFIX",
-                topology.config().prefix.to_string(),
-            ),
-            ("JOBPIPE__GRPC__LISTEN", grpc.to_string()),
-            ("JOBPIPE__ADMIN__LISTEN", free_port().to_string()),
-            ("JOBPIPE__SHUTDOWN__GRACE_PERIOD", "5s".into()),
-        ],
-    );
+    let mut env = service_env(&topology, free_port());
+    env.push(("JOBPIPE__GRPC__LISTEN", grpc.to_string()));
+    env.push(("JOBPIPE__SHUTDOWN__GRACE_PERIOD", "5s".into()));
+    let producer = Service::start("jobpipe-producer", &[], &env);
     let endpoint = format!("http://{grpc}");
     eventually(
         Duration::from_secs(20),
@@ -111,15 +101,12 @@ async fn with_declaring_left_to_a_job_the_producer_checks_and_waits_for_it() {
     assert!(said.contains("declared"), "{said}");
 
     let producer = RunningProducer::start(config).await;
-    let job = JobSpec {
-        r#type: "noop".into(),
-        ..JobSpec::default()
-    };
+    // Served once the topology exists.
     producer
-        .client()
-        .await
-        .submit_job(SubmitJobRequest { job: Some(job) })
-        .await
-        .expect("served once the topology exists");
+        .submit(JobSpec {
+            r#type: "noop".into(),
+            ..JobSpec::default()
+        })
+        .await;
     producer.stop().await.expect("clean stop");
 }

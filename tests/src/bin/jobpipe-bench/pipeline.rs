@@ -118,8 +118,8 @@ impl Pipeline {
         let series = r#"jobpipe_consumer_jobs_total{queue="default",type="noop",outcome="succeeded",reason=""}"#;
         let mut total = 0.0;
         for admin in &self.consumer_admins {
-            total += jobpipe_tests::consumer::sample(&http_get(*admin, "/metrics").await.1, series)
-                .unwrap_or(0.0);
+            total +=
+                jobpipe_tests::sample(&http_get(*admin, "/metrics").await.1, series).unwrap_or(0.0);
         }
         total
     }
