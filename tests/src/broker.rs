@@ -64,6 +64,10 @@ pub fn amqp_config() -> AmqpConfig {
     }
 }
 
+fn queue_name(queue: &str) -> QueueName {
+    QueueName::try_new(queue).expect("test queue names are valid")
+}
+
 /// A topology of its own for one test, deleted (queues and exchanges) when dropped, pass or fail.
 #[derive(Debug)]
 pub struct TestTopology {
@@ -77,10 +81,7 @@ impl TestTopology {
         Self {
             config: TopologyConfig {
                 prefix: Prefix::try_new(prefix).expect("test prefixes are valid"),
-                queues: queues
-                    .iter()
-                    .map(|q| QueueName::try_new(*q).expect("test queue names are valid"))
-                    .collect(),
+                queues: queues.iter().map(|queue| queue_name(queue)).collect(),
                 ..TopologyConfig::default()
             },
         }
@@ -98,12 +99,12 @@ impl TestTopology {
 
     /// `{prefix}.{queue}`.
     pub fn work_queue(&self, queue: &str) -> String {
-        format!("{}.{queue}", self.config.prefix)
+        self.names().work_queue(&queue_name(queue))
     }
 
     /// `{prefix}.{queue}.dead`.
     pub fn dead_queue(&self, queue: &str) -> String {
-        format!("{}.{queue}.dead", self.config.prefix)
+        self.names().dead_queue(&queue_name(queue))
     }
 
     fn all_objects(&self) -> (Vec<String>, Vec<String>) {
