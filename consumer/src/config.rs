@@ -79,7 +79,7 @@ pub struct ShutdownConfig {
 impl Config {
     /// Loads the configuration: defaults, then `file`, then `JOBPIPE__*` from `env`.
     pub fn load(file: Option<&Path>, env: Env) -> Result<Self, ConfigError> {
-        let mut config: Self = settings::load(file, env, &["topology.queues", "handlers.builtin"])?;
+        let mut config: Self = settings::load(file, env, &["handlers.builtin"])?;
         config.amqp.resolve_credentials()?;
         config.validate()?;
         Ok(config)

@@ -88,7 +88,7 @@ impl Inbound {
         self.delivery.as_ref().is_some_and(|d| d.redelivered)
     }
 
-    /// Whether it was delivered on a channel that has since failed or been recovered: it can no
+    /// Whether it was delivered on a channel that has since failed: it can no
     /// longer be settled, and the broker has already put it back in the queue.
     pub(crate) fn is_stale(&self) -> bool {
         self.delivery.as_ref().is_none_or(|d| !d.acker.usable())

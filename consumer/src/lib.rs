@@ -9,8 +9,9 @@
 //!
 //! Inside (private): `subscription` (consuming a queue across reconnects, under the concurrency
 //! limit), `worker` (one delivery's life, from decoding to settlement), `outcome` (the pure retry
-//! decision), `inbound` (a delivery that can be settled only once), `context`, `metrics` and
-//! `spans` (shared state, what `/metrics` shows, trace spans).
+//! decision), `republish` (a retry or dead letter confirmed before the original is settled,
+//! waiting out broker trouble), `inbound` (a delivery that can be settled only once), `context`,
+//! `metrics` and `spans` (shared state, what `/metrics` shows, trace spans).
 //! - [`Consumer`] (here): binds the admin port and runs everything until shutdown.
 //!
 //! To embed the consumer, build [`Handlers`], then `Consumer::bind(config, handlers)` and `run`.
@@ -22,6 +23,7 @@ pub mod handler;
 mod inbound;
 mod metrics;
 mod outcome;
+mod republish;
 pub mod retry;
 mod spans;
 mod subscription;

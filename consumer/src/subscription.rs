@@ -1,6 +1,7 @@
 //! Consuming one queue for the consumer's whole life: subscribe whenever the link is up, hand each
-//! delivery to a job task under the concurrency limit, resubscribe after the connection is
-//! rebuilt, and on shutdown cancel the subscription and return what was never started.
+//! delivery to a job task under the concurrency limit, subscribe again on the next connection
+//! once the link is back up (never before: the topology is declared first), and on shutdown
+//! cancel the subscription and return what was never started.
 
 use crate::{context::Context, inbound::Inbound, worker};
 use futures::StreamExt;
@@ -83,7 +84,8 @@ pub(crate) async fn consume(
 enum Ended {
     /// The consumer is shutting down.
     Shutdown,
-    /// The connection was rebuilt or the consumer was cancelled: subscribe again.
+    /// The connection failed or was replaced, or the broker cancelled the consumer: subscribe
+    /// again.
     Resubscribe,
 }
 
@@ -199,16 +201,17 @@ impl Subscription {
     }
 }
 
-/// Waits until the link is up; `None` on shutdown or when the link closed for good.
+/// Waits until the link is up on a live connection (one that failed may still be announced as
+/// up for a moment); `None` on shutdown or when the link closed for good.
 async fn wait_for_session(
     states: &mut watch::Receiver<LinkState>,
     shutdown: &CancellationToken,
 ) -> Option<Session> {
     loop {
         match &*states.borrow_and_update() {
-            LinkState::Up(session) => return Some(session.clone()),
+            LinkState::Up(session) if session.is_connected() => return Some(session.clone()),
             LinkState::Closed => return None,
-            LinkState::Down(_) => {}
+            LinkState::Up(_) | LinkState::Down(_) => {}
         }
         tokio::select! {
             () = shutdown.cancelled() => return None,
@@ -218,7 +221,7 @@ async fn wait_for_session(
 }
 
 /// Whether the link now runs on a different connection than `generation` (whose channels are
-/// gone). While lapin recovers the same connection, the subscription survives.
+/// gone). A resource alarm announced on the same connection changes nothing.
 fn rebuilt(state: &LinkState, generation: u64) -> bool {
     match state {
         LinkState::Up(session) => session.generation() != generation,

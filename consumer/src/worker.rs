@@ -10,6 +10,7 @@ use crate::{
     inbound::{Inbound, Settled},
     metrics::{Outcome, UNKNOWN},
     outcome::{Attempt, Decision, decide},
+    republish::{Republished, republish},
     spans,
 };
 use futures::future::BoxFuture;
@@ -18,11 +19,7 @@ use jobpipe_proto::{
     failure::{self, AttemptRecord, FailureKind},
     job::JobProperties,
 };
-use jobpipe_runtime::{
-    amqp::{PublishError, Route},
-    propagation,
-};
-use lapin::BasicProperties;
+use jobpipe_runtime::propagation;
 use std::{
     sync::Arc,
     time::{Duration, Instant, SystemTime},
@@ -207,14 +204,15 @@ fn retry<'a>(
             SystemTime::now() + after.duration(),
         );
         let route = ctx.routes.job(inbound.queue(), Some(after));
-        match publish(ctx, route, inbound.payload(), properties).await {
-            Ok(()) => {
+        match republish(ctx, &inbound, &route, properties).await {
+            Republished::Confirmed => {
                 info!(retry_in_s = after.secs(), error = %failed.error, "Job scheduled for retry.");
                 settled(inbound.ack().await, Outcome::Retried)
             }
-            Err(error) => {
-                // Without the retry on the broker, the original must stay: hand it back. The
-                // queue's delivery limit bounds how often this can repeat.
+            Republished::Stale => Outcome::Returned,
+            Republished::Failed(error) => {
+                // Without the retry on the broker, the original must stay: hand it back. This
+                // costs one delivery of the queue's limit, after a wait, never in a loop.
                 warn!(%error, "Retry publish failed; returning the job to its queue.");
                 inbound.requeue().await;
                 Outcome::Returned
@@ -234,32 +232,19 @@ fn dead_letter(
         let properties =
             failure::for_dead_letter(inbound.properties(), &last, kind, queue.as_str());
         let route = ctx.routes.dead_letter(queue);
-        let published = publish(ctx, route, inbound.payload(), properties).await;
-        match published {
-            Ok(()) => {
+        match republish(ctx, &inbound, &route, properties).await {
+            Republished::Confirmed => {
                 warn!(kind = kind.as_str(), error = %last.error, "Job dead-lettered.");
                 settled(inbound.ack().await, Outcome::DeadLettered)
             }
-            Err(error) => {
+            Republished::Stale => Outcome::Returned,
+            Republished::Failed(error) => {
                 // The queue's own dead-lettering still catches it, without our failure record.
                 warn!(%error, kind = kind.as_str(), "Dead-letter publish failed; rejecting the job.");
                 settled(inbound.reject().await, Outcome::DeadLettered)
             }
         }
     })
-}
-
-async fn publish(
-    ctx: &Context,
-    (exchange, routing_key): Route,
-    payload: &[u8],
-    properties: BasicProperties,
-) -> Result<(), PublishError> {
-    let session = ctx.link.session().ok_or(PublishError::Unavailable)?;
-    session
-        .publisher()
-        .publish(exchange, routing_key, payload, properties)
-        .await
 }
 
 fn settled(settled: Settled, outcome: Outcome) -> Outcome {

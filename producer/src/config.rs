@@ -88,7 +88,7 @@ pub struct ShutdownConfig {
 impl Config {
     /// Loads the configuration: defaults, then `file`, then `JOBPIPE__*` from `env`.
     pub fn load(file: Option<&Path>, env: Env) -> Result<Self, ConfigError> {
-        let mut config: Self = settings::load(file, env, &["topology.queues"])?;
+        let mut config: Self = settings::load(file, env, &[])?;
         config.amqp.resolve_credentials()?;
         config.validate()?;
         Ok(config)
@@ -253,6 +253,17 @@ mod tests {
                 "topology.queues",
             ),
             (&[("JOBPIPE__AMQP__URL", "http://x")], "amqp.url"),
+            (
+                &[
+                    ("JOBPIPE__AMQP__URL", "amqp://a:5672/%2f"),
+                    ("JOBPIPE__AMQP__URLS", "amqp://b:5672/%2f"),
+                ],
+                "amqp.urls",
+            ),
+            (
+                &[("JOBPIPE__AMQP__URLS", "amqp://a:5672/one,amqp://b:5672/two")],
+                "amqp.urls",
+            ),
             (&[("JOBPIPE__AMQP__HEARTBEAT", "soon")], "amqp.heartbeat"),
             (
                 &[("JOBPIPE__JOBS__DEFAULT_MAX_ATTEMPTS", "99")],
@@ -277,6 +288,37 @@ mod tests {
             );
             assert!(!error.contains('\n'), "one line: {error:?}");
         }
+    }
+
+    #[test]
+    fn several_broker_nodes_share_the_credentials_given_apart() {
+        let config = Config::load(
+            None,
+            env(&[
+                (
+                    "JOBPIPE__AMQP__URLS",
+                    "amqp://n1:5672/jobs,amqps://n2:5671/jobs",
+                ),
+                ("JOBPIPE__AMQP__USERNAME", "app"),
+                ("JOBPIPE__AMQP__PASSWORD", "s3cret-pw"),
+            ]),
+        )
+        .unwrap();
+        let nodes: Vec<String> = config
+            .amqp
+            .addresses()
+            .iter()
+            .map(|u| u.to_string())
+            .collect();
+        assert_eq!(
+            nodes,
+            [
+                "amqp://app:***@n1:5672/jobs",
+                "amqps://app:***@n2:5671/jobs"
+            ]
+        );
+        let single = Config::load(None, env(&[])).unwrap();
+        assert_eq!(single.amqp.addresses().len(), 1, "amqp.url alone");
     }
 
     #[test]

@@ -43,7 +43,9 @@ impl SubmitError {
             Self::PayloadTooLarge { .. } => Code::ResourceExhausted,
             Self::NoSuchQueue(_) => Code::FailedPrecondition,
             Self::Publish(error) => match error {
-                PublishError::Unavailable | PublishError::Blocked => Code::Unavailable,
+                PublishError::Unavailable | PublishError::Blocked | PublishError::Lost => {
+                    Code::Unavailable
+                }
                 PublishError::Nacked => Code::ResourceExhausted,
                 PublishError::Timeout => Code::DeadlineExceeded,
                 // Mapped to NoSuchQueue where the queue is known; kept total here.
@@ -78,10 +80,13 @@ impl From<SubmitError> for Status {
 fn publish_message(error: &PublishError) -> &'static str {
     match error {
         PublishError::Unavailable => {
-            "the broker is unreachable; retrying with the same job_id is safe"
+            "the broker is unreachable; nothing was queued, retry with the same job_id"
+        }
+        PublishError::Lost => {
+            "the broker connection was lost before it confirmed the job; the outcome is unknown, retry with the same job_id"
         }
         PublishError::Blocked => {
-            "the broker is not accepting jobs right now (resource alarm); retry later with the same job_id"
+            "the broker is not accepting jobs right now (resource alarm); nothing was queued, retry later with the same job_id"
         }
         PublishError::Nacked => "the broker refused the job (the queue may be full); retry later",
         PublishError::Timeout => {
@@ -125,12 +130,17 @@ mod tests {
             (
                 SubmitError::from_publish(PublishError::Unavailable, &queue),
                 Code::Unavailable,
-                "the broker is unreachable; retrying with the same job_id is safe",
+                "the broker is unreachable; nothing was queued, retry with the same job_id",
+            ),
+            (
+                SubmitError::from_publish(PublishError::Lost, &queue),
+                Code::Unavailable,
+                "the broker connection was lost before it confirmed the job; the outcome is unknown, retry with the same job_id",
             ),
             (
                 SubmitError::from_publish(PublishError::Blocked, &queue),
                 Code::Unavailable,
-                "the broker is not accepting jobs right now (resource alarm); retry later with the same job_id",
+                "the broker is not accepting jobs right now (resource alarm); nothing was queued, retry later with the same job_id",
             ),
             (
                 SubmitError::from_publish(PublishError::Timeout, &queue),

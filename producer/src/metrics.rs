@@ -32,8 +32,10 @@ label_enum! {
         Nacked => "nacked",
         /// No confirm in time.
         Timeout => "timeout",
-        /// The broker was unreachable or blocked.
+        /// The broker was unreachable or blocked: nothing was sent.
         Unavailable => "unavailable",
+        /// The connection failed before the confirm: the outcome is unknown.
+        Lost => "lost",
     }
 }
 

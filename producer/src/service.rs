@@ -305,6 +305,7 @@ fn outcome(published: Result<(), PublishError>) -> Outcome {
         Err(PublishError::Nacked) => Outcome::Nacked,
         Err(PublishError::Timeout) => Outcome::Timeout,
         Err(PublishError::Unavailable | PublishError::Blocked) => Outcome::Unavailable,
+        Err(PublishError::Lost) => Outcome::Lost,
     }
 }
 

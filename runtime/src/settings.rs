@@ -34,8 +34,12 @@ pub enum ConfigError {
     },
 }
 
-/// Loads `T` from its serde defaults, `file` (if given) and `env`. `list_keys` are the dotted
-/// keys whose environment value is a comma-separated list (`JOBPIPE__TOPOLOGY__QUEUES=a,b`).
+/// The list keys of the sections every service shares.
+const SHARED_LIST_KEYS: [&str; 2] = ["amqp.urls", "topology.queues"];
+
+/// Loads `T` from its serde defaults, `file` (if given) and `env`. `list_keys` are the service's
+/// own dotted keys whose environment value is a comma-separated list (`JOBPIPE__TOPOLOGY__QUEUES=a,b`
+/// is one of the shared ones).
 pub fn load<T: DeserializeOwned>(
     file: Option<&Path>,
     env: Env,
@@ -50,7 +54,7 @@ pub fn load<T: DeserializeOwned>(
         .separator("__")
         .try_parsing(true)
         .list_separator(",");
-    for key in list_keys {
+    for key in SHARED_LIST_KEYS.iter().chain(list_keys) {
         environment = environment.with_list_parse_key(key);
     }
     if let Env::Map(map) = env {

@@ -16,6 +16,12 @@ use std::{fmt, path::PathBuf, str::FromStr, time::Duration};
 pub struct AmqpConfig {
     /// `amqp://user:password@host:port/vhost`. The password never appears in logs or errors.
     pub url: AmqpUrl,
+    /// Several nodes of one cluster, instead of `url`: connections go to the first that answers
+    /// and move to the next when the node in use fails. Same vhost for all.
+    pub urls: Vec<AmqpUrl>,
+    /// Start with a random node of `urls` rather than the first, so that the services' connections
+    /// spread over the cluster.
+    pub shuffle_urls: bool,
     /// The user name, overriding the URL's (for credentials kept apart from the address, as a
     /// Kubernetes Secret holds them). Empty: the URL's.
     pub username: String,
@@ -33,7 +39,8 @@ pub struct AmqpConfig {
     /// How long a publish may wait for the broker's confirm before its outcome is called unknown.
     #[serde(with = "humantime_serde")]
     pub confirm_timeout: Duration,
-    /// How long lapin's automatic recovery may take before the connection is rebuilt from scratch.
+    /// How long one step of (re)connecting may take: the AMQP handshake, declaring the topology,
+    /// opening the publisher channel. Past it the attempt is abandoned and the next one starts.
     #[serde(with = "humantime_serde")]
     pub recovery_timeout: Duration,
     /// The largest AMQP frame asked of the broker, in bytes. lapin keeps 32 frames of send and
@@ -47,6 +54,8 @@ impl Default for AmqpConfig {
     fn default() -> Self {
         Self {
             url: AmqpUrl::local(),
+            urls: Vec::new(),
+            shuffle_urls: false,
             username: String::new(),
             password: Secret::default(),
             password_file: None,
@@ -81,6 +90,14 @@ impl AmqpConfig {
                 return invalid(key, "must be positive");
             }
         }
+        if !self.urls.is_empty() && self.url.0 != AmqpUrl::local().0 {
+            return invalid("amqp.urls", "set amqp.url or amqp.urls, not both");
+        }
+        if let Some(first) = self.urls.first()
+            && self.urls.iter().any(|url| url.0.vhost != first.0.vhost)
+        {
+            return invalid("amqp.urls", "every node must name the same vhost");
+        }
         if self.frame_max < 64 * 1024 {
             return invalid(
                 "amqp.frame_max",
@@ -88,6 +105,28 @@ impl AmqpConfig {
             );
         }
         Ok(())
+    }
+
+    /// The broker nodes to connect to, in order: `urls`, or `url` alone.
+    pub fn addresses(&self) -> &[AmqpUrl] {
+        if self.urls.is_empty() {
+            std::slice::from_ref(&self.url)
+        } else {
+            &self.urls
+        }
+    }
+
+    /// The index of the node to try first: 0, or a random one with `shuffle_urls`.
+    pub(crate) fn first_address(&self) -> usize {
+        let count = self.addresses().len();
+        if !self.shuffle_urls || count < 2 {
+            return 0;
+        }
+        // Random enough to spread connections: the clock's nanoseconds and the process id.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |now| now.subsec_nanos());
+        (nanos as usize ^ std::process::id() as usize) % count
     }
 
     /// Folds `username`, `password` and `password_file` into the URL the connection uses.
@@ -100,12 +139,19 @@ impl AmqpConfig {
             })?;
             self.password = Secret(text.trim_end_matches(['\n', '\r']).to_owned());
         }
-        let userinfo = &mut self.url.0.authority.userinfo;
-        if !self.username.is_empty() {
-            userinfo.username = self.username.clone();
-        }
-        if !self.password.0.is_empty() {
-            userinfo.password = self.password.0.clone();
+        let nodes = if self.urls.is_empty() {
+            std::slice::from_mut(&mut self.url)
+        } else {
+            &mut self.urls[..]
+        };
+        for url in nodes {
+            let userinfo = &mut url.0.authority.userinfo;
+            if !self.username.is_empty() {
+                userinfo.username.clone_from(&self.username);
+            }
+            if !self.password.0.is_empty() {
+                userinfo.password.clone_from(&self.password.0);
+            }
         }
         Ok(())
     }

@@ -1,39 +1,39 @@
 //! The supervised broker link: one AMQP connection per service, kept up for the service's life.
 //!
-//! lapin's automatic recovery handles short outages (it reconnects and reopens channels and
-//! consumers). The supervisor here adds what recovery does not: the first connection, topology
-//! declaration on every (re)connect, a bound on how long recovery may take before the connection is
-//! rebuilt from scratch, and a [`LinkState`] everyone can watch to fail fast while the broker is
-//! away instead of hanging.
+//! The supervisor connects (to the first broker node that answers, when there are several),
+//! declares the topology, opens the publisher channel, and only then reports the link up. When
+//! the connection fails it reports the link down at once and connects afresh, to the next node
+//! first; every connection is a new [`Session`] with a new generation, so nothing made on a dead
+//! connection (a channel, a consumer, a delivery) is ever mistaken for a live one. lapin's own
+//! automatic recovery is off on purpose: it resumed consumers before the topology was declared
+//! and held publisher confirms of a dead connection until it came back.
 
 use super::{
-    config::AmqpConfig,
+    config::{AmqpConfig, AmqpUrl},
     publisher::Publisher,
     topology::{self, TopologyError},
 };
+use futures::StreamExt;
 use jobpipe_proto::topology::Plan;
-use lapin::{Channel, Connection, ConnectionProperties, options::ConfirmSelectOptions};
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::Duration,
-};
+use lapin::{Channel, Connection, ConnectionProperties, Event, options::ConfirmSelectOptions};
+use std::{sync::Arc, time::Duration};
 use tokio::{sync::watch, time::Instant};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
-/// How often the supervisor looks at the connection's status. lapin reports recovery only
-/// through the status, so it is polled; a read lock per tick costs nothing.
+/// How often the supervisor looks at the connection besides lapin's events (a channel the
+/// broker closed sends none). A read lock per tick costs nothing.
 const POLL_INTERVAL: Duration = Duration::from_millis(250);
-/// The supervisor's own reconnect backoff bounds, after lapin gave up.
-const BACKOFF_MIN: Duration = Duration::from_millis(250);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Reconnect backoff bounds. The ceiling keeps the link back within about a second of the
+/// broker's return; an attempt against a node that is down costs one refused TCP connect.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// The least time between two replacements of a suspect publisher channel.
+const SUSPECT_REPLACE_EVERY: Duration = Duration::from_secs(1);
+/// How often an outage is logged as a warning while it lasts (each attempt is a debug event).
+const WARN_EVERY: Duration = Duration::from_secs(30);
 /// How long closing a connection may take.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long an abandoned connection is watched before it is simply dropped.
-const RETIRE_WATCH: Duration = Duration::from_secs(600);
 
 /// What the link does with the topology on every (re)connect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,7 +62,8 @@ pub struct Link {
 pub enum LinkState {
     /// Not connected: not yet, or not any more. Publishing fails fast.
     Down(Option<Arc<LinkError>>),
-    /// Connected with the topology declared.
+    /// Connected with the topology declared. Sent again when the broker blocks or unblocks
+    /// publishing on the same connection.
     Up(Session),
     /// Shut down for good.
     Closed,
@@ -84,34 +85,61 @@ pub enum LinkError {
     Topology(#[from] TopologyError),
 }
 
-/// One established connection, with its topology declared and a confirming publisher.
+/// One established connection, with its topology declared and a confirming publisher. Cheap to
+/// clone.
 #[derive(Clone, Debug)]
-pub struct Session {
+pub struct Session(Arc<Established>);
+
+#[derive(Debug)]
+struct Established {
     connection: Arc<Connection>,
     publisher: Publisher,
     generation: u64,
+    /// The node's host and port, for logs.
+    endpoint: String,
+    /// Its index in the configured addresses.
+    address: usize,
 }
 
 impl Session {
     /// The publisher for this connection (publisher confirms on).
     pub fn publisher(&self) -> &Publisher {
-        &self.publisher
+        &self.0.publisher
     }
 
     /// Opens a new channel on this connection.
     pub async fn open_channel(&self) -> Result<Channel, lapin::Error> {
-        self.connection.create_channel().await
+        self.0.connection.create_channel().await
     }
 
-    /// Counts connections made over the link's life; a consumer uses it to tell a rebuilt
-    /// connection (its channels are gone) from one lapin recovered (its channels came back).
+    /// Counts connections made over the link's life. Channels, consumers and deliveries belong
+    /// to one generation and die with its connection.
     pub fn generation(&self) -> u64 {
-        self.generation
+        self.0.generation
     }
 
-    /// Whether the connection is up right now (it may be recovering while a session is held).
+    /// Whether the connection is up right now (the supervisor may not have noticed a failure
+    /// yet while a session is held).
     pub fn is_connected(&self) -> bool {
-        self.connection.status().connected()
+        self.0.connection.status().connected()
+    }
+
+    /// Whether the broker accepts publishes on this connection now: connected and not blocked
+    /// by a resource alarm.
+    pub fn can_publish(&self) -> bool {
+        let status = self.0.connection.status();
+        status.connected() && !status.blocked()
+    }
+
+    /// The same connection with another publisher channel.
+    fn with_publisher(&self, publisher: Publisher) -> Self {
+        Self(Arc::new(Established {
+            connection: self.0.connection.clone(),
+            publisher,
+            generation: self.0.generation,
+            endpoint: self.0.endpoint.clone(),
+            address: self.0.address,
+        }))
     }
 }
 
@@ -127,13 +155,14 @@ impl Link {
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (sender, state) = watch::channel(LinkState::Down(None));
         let supervisor = Supervisor {
-            config,
             plan,
             declare,
             connection_name,
             shutdown,
+            next: config.first_address(),
+            config,
             state: sender,
-            generation: AtomicU64::new(0),
+            generation: 0,
         };
         (Self { state }, tokio::spawn(supervisor.run()))
     }
@@ -143,6 +172,20 @@ impl Link {
         match &*self.state.borrow() {
             LinkState::Up(session) if session.is_connected() => Some(session.clone()),
             _ => None,
+        }
+    }
+
+    /// Waits until a session can publish (up, connected, not blocked by a resource alarm);
+    /// `None` once the link is closed for good. Callers bound the wait.
+    pub async fn publishable(&self) -> Option<Session> {
+        let mut state = self.state.clone();
+        loop {
+            match &*state.borrow_and_update() {
+                LinkState::Up(session) if session.can_publish() => return Some(session.clone()),
+                LinkState::Closed => return None,
+                LinkState::Up(_) | LinkState::Down(_) => {}
+            }
+            state.changed().await.ok()?;
         }
     }
 
@@ -179,29 +222,56 @@ struct Supervisor {
     connection_name: String,
     shutdown: CancellationToken,
     state: watch::Sender<LinkState>,
-    generation: AtomicU64,
+    generation: u64,
+    /// The index in `config.addresses()` of the node to try first.
+    next: usize,
 }
 
 impl Supervisor {
-    async fn run(self) {
+    async fn run(mut self) {
         let mut backoff = BACKOFF_MIN;
-        while !self.shutdown.is_cancelled() {
+        let mut down_since: Option<Instant> = None;
+        let mut warned: Option<Instant> = None;
+        loop {
             let connected = tokio::select! {
                 () = self.shutdown.cancelled() => break,
                 connected = self.connect() => connected,
             };
             match connected {
                 Ok(session) => {
+                    self.generation = session.0.generation;
                     backoff = BACKOFF_MIN;
-                    info!(endpoint = %self.config.url.endpoint(), "Connected to the broker.");
+                    warned = None;
+                    info!(
+                        endpoint = %session.0.endpoint,
+                        generation = session.0.generation,
+                        down_ms = down_since.take().map(|since| since.elapsed().as_millis()),
+                        "Connected to the broker."
+                    );
                     self.state.send_replace(LinkState::Up(session.clone()));
                     match self.supervise(session).await {
-                        Ended::Shutdown(session) => close(&session.connection).await,
-                        Ended::Lost(session) => retire(session.connection),
+                        Ended::Shutdown(session) => {
+                            close(&session.0.connection).await;
+                            break;
+                        }
+                        Ended::Lost(session) => {
+                            down_since = Some(Instant::now());
+                            // The node that just failed is tried last.
+                            self.next = (session.0.address + 1) % self.config.addresses().len();
+                            abandon(session.0.connection.clone());
+                        }
                     }
                 }
                 Err(error) => {
-                    warn!(%error, "Broker link is down.");
+                    let since = *down_since.get_or_insert_with(Instant::now);
+                    // During an outage every attempt fails alike: say so now and then, not
+                    // once per attempt.
+                    if warned.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
+                        warn!(%error, down_s = since.elapsed().as_secs(), "Broker link is down.");
+                        warned = Some(Instant::now());
+                    } else {
+                        debug!(%error, "Broker link is still down.");
+                    }
                     self.state
                         .send_replace(LinkState::Down(Some(Arc::new(error))));
                     tokio::select! {
@@ -215,65 +285,75 @@ impl Supervisor {
         self.state.send_replace(LinkState::Closed);
     }
 
-    /// Connects, declares the topology and opens the publisher channel.
+    /// Connects to the first node that answers, starting at `self.next`, declares the topology
+    /// and opens the publisher channel. A topology error ends the round: every node of a
+    /// cluster would say the same.
     async fn connect(&self) -> Result<Session, LinkError> {
-        let mut uri = self.config.url.uri().clone();
-        uri.query.heartbeat = Some(u16::try_from(self.config.heartbeat.as_secs()).unwrap_or(60));
-        uri.query.connection_timeout = u64::try_from(self.config.connect_timeout.as_millis()).ok();
-        uri.query.frame_max = Some(self.config.frame_max);
-        let properties = ConnectionProperties::default()
-            .with_connection_name(self.connection_name.clone().into())
-            // lapin retries the TCP connection itself with this backoff, for the first
-            // connection and during recovery; past it, the supervisor rebuilds.
-            .configure_backoff(|backoff| {
-                backoff
-                    .with_min_delay(BACKOFF_MIN)
-                    .with_max_delay(Duration::from_secs(2))
-                    .with_max_times(8)
-            })
-            .enable_auto_recover();
-        // A handshake that hangs (the TCP side accepted, the broker never answers) must not
-        // stall the supervisor forever; lapin's own timeout covers only the TCP connect.
-        let connection = tokio::time::timeout(
-            self.config.recovery_timeout,
-            Connection::connect_uri(uri, properties),
-        )
-        .await
-        .map_err(|_| connect_error(&self.config, "the AMQP handshake timed out"))?
-        .map_err(|error| connect_error(&self.config, error))?;
-        let connection = Arc::new(connection);
-        match self.set_up(&connection).await {
-            Ok(publisher) => Ok(Session {
+        let count = self.config.addresses().len();
+        let mut last = None;
+        for offset in 0..count {
+            let address = (self.next + offset) % count;
+            match self.connect_to(address).await {
+                Ok(session) => return Ok(session),
+                Err(error @ LinkError::Topology(_)) => return Err(error),
+                Err(error) => {
+                    debug!(%error, "Cannot connect to this broker node.");
+                    last = Some(error);
+                }
+            }
+        }
+        Err(last.expect("there is at least one broker address"))
+    }
+
+    async fn connect_to(&self, address: usize) -> Result<Session, LinkError> {
+        let url = &self.config.addresses()[address];
+        let connection = Arc::new(open(&self.config, url, &self.connection_name).await?);
+        match bounded(&self.config, url, self.set_up(&connection, url)).await {
+            Ok(publisher) => Ok(Session(Arc::new(Established {
+                endpoint: url.endpoint(),
                 publisher,
                 connection,
-                generation: self.generation.fetch_add(1, Ordering::Relaxed) + 1,
-            }),
+                generation: self.generation + 1,
+                address,
+            }))),
             Err(error) => {
-                retire(connection);
+                abandon(connection);
                 Err(error)
             }
         }
     }
 
-    /// Declares (or verifies) the topology and opens the publisher channel, under a deadline.
-    async fn set_up(&self, connection: &Connection) -> Result<Publisher, LinkError> {
-        bounded(&self.config, async {
-            self.declare(connection).await?;
-            self.open_publisher(connection).await
-        })
-        .await
-    }
-
-    /// A channel in confirm mode for publishing.
-    async fn open_publisher(&self, connection: &Connection) -> Result<Publisher, LinkError> {
+    /// Declares (or verifies) the topology and opens the publisher channel.
+    async fn set_up(&self, connection: &Connection, url: &AmqpUrl) -> Result<Publisher, LinkError> {
+        // A refused declaration closes its channel: use one of its own.
         let channel = connection
             .create_channel()
             .await
-            .map_err(|error| connect_error(&self.config, error))?;
+            .map_err(|error| connect_error(url, error))?;
+        let declared = match self.declare {
+            Declare::Declare => topology::declare(&channel, &self.plan).await,
+            Declare::Verify => topology::verify(&channel, &self.plan).await,
+        };
+        // The channel is closed by the broker already when a declaration was refused.
+        let _ = channel.close(200, "declared".into()).await;
+        declared?;
+        self.open_publisher(connection, url).await
+    }
+
+    /// A channel in confirm mode for publishing.
+    async fn open_publisher(
+        &self,
+        connection: &Connection,
+        url: &AmqpUrl,
+    ) -> Result<Publisher, LinkError> {
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(|error| connect_error(url, error))?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await
-            .map_err(|error| connect_error(&self.config, error))?;
+            .map_err(|error| connect_error(url, error))?;
         Ok(Publisher::new(
             channel,
             connection.status().clone(),
@@ -281,81 +361,88 @@ impl Supervisor {
         ))
     }
 
-    async fn declare(&self, connection: &Connection) -> Result<(), LinkError> {
-        // A refused declaration closes its channel: use one of its own.
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(|error| connect_error(&self.config, error))?;
-        let declared = match self.declare {
-            Declare::Declare => topology::declare(&channel, &self.plan).await,
-            Declare::Verify => topology::verify(&channel, &self.plan).await,
-        };
-        // The channel is closed by the broker already when a declaration was refused.
-        let _ = channel.close(200, "declared".into()).await;
-        declared.map_err(LinkError::from)
-    }
-
-    /// Follows one connection until it is gone for good, lapin's recovery took too long, or
-    /// shutdown. Reports Down while lapin recovers and Up (re-declaring) when it is back, and
-    /// replaces the publisher channel if the broker closes it while the connection lives.
+    /// Follows one connection until it fails or shutdown. lapin reports a failure as an event
+    /// the moment it sees it (a closed socket, missed heartbeats, a broker's close), so the link
+    /// is down before anyone tries to use the dead connection; a periodic look catches what
+    /// sends no event. Blocked and unblocked (resource alarms) are announced as a new `Up`, so
+    /// whoever waits to publish wakes up. A publisher channel the broker closed, or one that
+    /// may be stuck, is replaced and announced the same way.
     async fn supervise(&self, mut session: Session) -> Ended {
+        let mut events = session.0.connection.events_listener();
+        let mut blocked = session.0.connection.status().blocked();
         let mut ticker = tokio::time::interval(POLL_INTERVAL);
-        let mut down_since: Option<Instant> = None;
+        let mut replaced = Instant::now();
         loop {
             tokio::select! {
                 () = self.shutdown.cancelled() => return Ended::Shutdown(session),
-                _ = ticker.tick() => {}
-            }
-            let status = session.connection.status();
-            if status.connected() {
-                if down_since.take().is_some() {
-                    // Recovered by lapin: declare again, in case the broker lost its state.
-                    let declared = bounded(&self.config, self.declare(&session.connection)).await;
-                    if let Err(error) = declared {
-                        warn!(%error, "Topology declaration after recovery failed.");
-                        self.state
-                            .send_replace(LinkState::Down(Some(Arc::new(error))));
-                        return Ended::Lost(session);
-                    }
-                    info!("Broker connection recovered.");
-                    self.state.send_replace(LinkState::Up(session.clone()));
-                } else if session.publisher.is_closed() {
-                    // The broker closed the channel itself (a deleted exchange, a refused
-                    // message) and lapin does not reopen it: without a new one every publish
-                    // would fail while the link looks up. Declaring again restores what an
-                    // operator may have deleted.
-                    match self.set_up(&session.connection).await {
-                        Ok(publisher) => {
-                            warn!("The broker closed the publisher channel; opened another.");
-                            session.publisher = publisher;
-                            self.state.send_replace(LinkState::Up(session.clone()));
-                        }
-                        Err(error) => {
-                            warn!(%error, "Cannot reopen the publisher channel; reconnecting.");
-                            self.state.send_replace(LinkState::Down(None));
-                            return Ended::Lost(session);
-                        }
+                event = events.next() => {
+                    if let Some(Event::Error(error)) = &event {
+                        debug!(%error, "The broker connection failed.");
                     }
                 }
-                continue;
+                _ = ticker.tick() => {}
             }
-            if status.errored() || status.closed() {
-                warn!("Broker connection lost; reconnecting.");
+            let status = session.0.connection.status();
+            if !status.connected() {
+                warn!(endpoint = %session.0.endpoint, "Broker connection lost; reconnecting.");
                 self.state.send_replace(LinkState::Down(None));
                 return Ended::Lost(session);
             }
-            let since = *down_since.get_or_insert_with(|| {
-                warn!("Broker connection lost; lapin is recovering it.");
-                self.state.send_replace(LinkState::Down(None));
-                Instant::now()
-            });
-            if since.elapsed() > self.config.recovery_timeout {
-                warn!(
-                    timeout = ?self.config.recovery_timeout,
-                    "Broker connection recovery is taking too long; rebuilding the connection."
-                );
-                return Ended::Lost(session);
+            if status.blocked() != blocked {
+                blocked = status.blocked();
+                if blocked {
+                    warn!("The broker blocked publishing (resource alarm).");
+                } else {
+                    info!("The broker unblocked publishing.");
+                }
+                self.state.send_replace(LinkState::Up(session.clone()));
+            }
+            if session.publisher().is_closed() {
+                // The broker closed the channel itself (a deleted exchange, a refused message):
+                // without a new one every publish would fail while the link looks up. Declaring
+                // again restores what an operator may have deleted.
+                let url = &self.config.addresses()[session.0.address];
+                match bounded(&self.config, url, self.set_up(&session.0.connection, url)).await {
+                    Ok(publisher) => {
+                        warn!("The broker closed the publisher channel; opened another.");
+                        session = session.with_publisher(publisher);
+                        replaced = Instant::now();
+                        self.state.send_replace(LinkState::Up(session.clone()));
+                    }
+                    Err(error) => {
+                        warn!(%error, "Cannot reopen the publisher channel; reconnecting.");
+                        self.state.send_replace(LinkState::Down(None));
+                        return Ended::Lost(session);
+                    }
+                }
+            } else if session.publisher().is_suspect()
+                && replaced.elapsed() >= SUSPECT_REPLACE_EVERY
+            {
+                // A refusal or a missing confirm may be the channel's own fault (see
+                // `Publisher::is_suspect`): a fresh channel costs one round trip. A full queue
+                // refuses the new one too, so at most one a second.
+                let url = &self.config.addresses()[session.0.address];
+                match bounded(
+                    &self.config,
+                    url,
+                    self.open_publisher(&session.0.connection, url),
+                )
+                .await
+                {
+                    Ok(publisher) => {
+                        debug!(
+                            "A publish was refused or unconfirmed; replaced the publisher channel."
+                        );
+                        session = session.with_publisher(publisher);
+                        replaced = Instant::now();
+                        self.state.send_replace(LinkState::Up(session.clone()));
+                    }
+                    Err(error) => {
+                        warn!(%error, "Cannot replace the publisher channel; reconnecting.");
+                        self.state.send_replace(LinkState::Down(None));
+                        return Ended::Lost(session);
+                    }
+                }
             }
         }
     }
@@ -365,67 +452,85 @@ impl Supervisor {
 enum Ended {
     /// Shutdown: close the connection.
     Shutdown(Session),
-    /// The connection is gone or given up on: retire it and connect afresh.
+    /// The connection failed or was given up on: connect afresh.
     Lost(Session),
 }
 
-/// Closes an abandoned connection for good. One that lapin is still recovering would otherwise come
-/// back on its own later, reopen the channels it had, and resubscribe consumers nobody reads;
-/// so it is watched until it either reconnects (then closed) or gives up (then dropped).
-fn retire(connection: Arc<Connection>) {
-    tokio::spawn(async move {
-        let deadline = Instant::now() + RETIRE_WATCH;
-        while Instant::now() < deadline {
-            let status = connection.status();
-            if status.connected() {
-                close(&connection).await;
-                return;
-            }
-            if status.errored() || status.closed() {
-                return;
-            }
-            tokio::time::sleep(POLL_INTERVAL).await;
-        }
-    });
+/// Lets go of a connection that failed or was given up on; one still open is closed in the
+/// background, so reconnecting does not wait for it.
+fn abandon(connection: Arc<Connection>) {
+    if connection.status().connected() {
+        tokio::spawn(async move { close(&connection).await });
+    }
+}
+
+/// Opens an AMQP connection to `url` (TCP and handshake, no channel yet), under the connect and
+/// handshake deadlines.
+async fn open(config: &AmqpConfig, url: &AmqpUrl, name: &str) -> Result<Connection, LinkError> {
+    let mut uri = url.uri().clone();
+    uri.query.heartbeat = Some(u16::try_from(config.heartbeat.as_secs()).unwrap_or(60));
+    uri.query.connection_timeout = u64::try_from(config.connect_timeout.as_millis()).ok();
+    uri.query.frame_max = Some(config.frame_max);
+    // No automatic recovery: a failed connection is replaced by a new one, so a consumer never
+    // receives deliveries before the link says it is up, and confirms pending on a dead
+    // connection fail at once instead of waiting for a recovery.
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
+    // A handshake that hangs (the TCP side accepted, the broker never answers) must not stall
+    // the supervisor; lapin's own timeout covers only the TCP connect.
+    tokio::time::timeout(
+        config.recovery_timeout,
+        Connection::connect_uri(uri, properties),
+    )
+    .await
+    .map_err(|_| connect_error(url, "the AMQP handshake timed out"))?
+    .map_err(|error| connect_error(url, error))
 }
 
 /// Declares `plan` once on a connection of its own and closes it: for the deploy job that owns the
-/// topology when the services only check it.
+/// topology when the services only check it. The first node that answers does it.
 pub async fn declare_once(
     config: &AmqpConfig,
     plan: &Plan,
     connection_name: String,
 ) -> Result<(), LinkError> {
-    let properties = ConnectionProperties::default().with_connection_name(connection_name.into());
-    bounded(config, async {
-        let connection = Connection::connect_uri(config.url.uri().clone(), properties)
-            .await
-            .map_err(|error| connect_error(config, error))?;
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(|error| connect_error(config, error))?;
-        let declared = topology::declare(&channel, plan).await;
+    let mut last = None;
+    for url in config.addresses() {
+        let connection = match open(config, url, &connection_name).await {
+            Ok(connection) => connection,
+            Err(error) => {
+                last = Some(error);
+                continue;
+            }
+        };
+        let declared = bounded(config, url, async {
+            let channel = connection
+                .create_channel()
+                .await
+                .map_err(|error| connect_error(url, error))?;
+            Ok(topology::declare(&channel, plan).await?)
+        })
+        .await;
         close(&connection).await;
-        declared.map_err(LinkError::from)
-    })
-    .await
+        return declared;
+    }
+    Err(last.expect("there is at least one broker address"))
 }
 
 /// Runs a setup step under `config.recovery_timeout`: a broker that stops answering (a resource
 /// alarm stops every write) must not hold the caller.
 async fn bounded<T>(
     config: &AmqpConfig,
+    url: &AmqpUrl,
     step: impl Future<Output = Result<T, LinkError>>,
 ) -> Result<T, LinkError> {
     tokio::time::timeout(config.recovery_timeout, step)
         .await
-        .unwrap_or_else(|_| Err(connect_error(config, "the broker stopped answering")))
+        .unwrap_or_else(|_| Err(connect_error(url, "the broker stopped answering")))
 }
 
-fn connect_error(config: &AmqpConfig, reason: impl std::fmt::Display) -> LinkError {
+fn connect_error(url: &AmqpUrl, reason: impl std::fmt::Display) -> LinkError {
     LinkError::Connect {
-        endpoint: config.url.endpoint(),
+        endpoint: url.endpoint(),
         reason: reason.to_string(),
     }
 }
