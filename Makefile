@@ -1,7 +1,7 @@
 # jobpipe's two commands are `make run` and `make test`; CI runs `make ci`.
 CARGO ?= cargo
 
-.PHONY: run test ci lint bench image broker tools build
+.PHONY: run test ci lint bench chaos image broker tools build
 
 ## run: the pipeline on this machine, with a demo (Ctrl-C stops it)
 run: broker
@@ -24,6 +24,13 @@ ci: lint test
 bench: broker
 	$(CARGO) build --release --workspace --bins
 	target/release/jobpipe-bench $(BENCH_ARGS)
+
+## chaos: broker and consumer faults under load, every job accounted for (one node, then a
+## three-node cluster; release build; needs root and Debian's rabbitmq-server)
+chaos: broker
+	$(CARGO) build --release --workspace --bins
+	target/release/jobpipe-chaos $(CHAOS_ARGS)
+	target/release/jobpipe-chaos --cluster $(CHAOS_ARGS)
 
 ## image: the container image (docker, or buildah; see deploy/README.md)
 image:

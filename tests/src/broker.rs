@@ -169,9 +169,13 @@ pub struct Probe {
 impl Probe {
     /// Connects to the test broker.
     pub async fn connect() -> Result<Self, lapin::Error> {
+        Self::connect_to(&amqp_url()).await
+    }
+
+    /// Connects to the broker at `url` (a throwaway node of a test's own).
+    pub async fn connect_to(url: &str) -> Result<Self, lapin::Error> {
         within(PROBE_TIMEOUT, "the probe to connect", async {
-            let connection =
-                Connection::connect(&amqp_url(), ConnectionProperties::default()).await?;
+            let connection = Connection::connect(url, ConnectionProperties::default()).await?;
             let channel = connection.create_channel().await?;
             Ok(Self {
                 _connection: connection,

@@ -1,10 +1,12 @@
 //! The harness jobpipe's integration tests share: the real broker with a topology per test
 //! ([`broker`]), services run in-process ([`producer`], [`consumer`], both at once: [`stack`]) or as processes ([`process`]), a
-//! proxy to cut connections ([`proxy`]), third-party clients ([`tools`]),
-//! and a real OTLP collector ([`otlp`]). Every wait is bounded by [`within`].
+//! proxy to cut connections ([`proxy`]), throwaway RabbitMQ nodes and clusters to stop, kill and
+//! alarm ([`node`]), third-party clients ([`tools`]), and a real OTLP collector ([`otlp`]). Every
+//! wait is bounded by [`within`].
 
 pub mod broker;
 pub mod consumer;
+pub mod node;
 pub mod otlp;
 pub mod process;
 pub mod producer;

@@ -141,8 +141,18 @@ fn service_command(name: &str, args: &[&str], env: &[(&str, String)]) -> Command
 /// Runs binary `name` to completion with `args` and `env`: its status and combined output.
 /// Unlike a service it keeps its default log format (JSON, its output not being a terminal).
 pub async fn output(name: &str, args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String) {
+    output_within(Duration::from_secs(30), name, args, env).await
+}
+
+/// [`output`] for a command allowed to take up to `limit`.
+pub async fn output_within(
+    limit: Duration,
+    name: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (ExitStatus, String) {
     let output = within(
-        Duration::from_secs(30),
+        limit,
         "the command to finish",
         command(name, args, env).output(),
     )

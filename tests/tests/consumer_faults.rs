@@ -1,11 +1,13 @@
-//! The consumer when things go wrong: the broker link cut and restored, SIGTERM mid-job, SIGKILL
-//! mid-job, and a job that crashes every consumer that takes it.
+//! The consumer when things go wrong: the broker link cut and restored, a memory alarm while a job
+//! fails, SIGTERM mid-job, SIGKILL mid-job, and a job that crashes every consumer that takes it.
 
 use jobpipe_proto::{headers, job::text_header, v1::JobSpec};
+use jobpipe_runtime::amqp::AmqpUrl;
 use jobpipe_tests::{
     broker::{Probe, TestTopology},
     consumer::{self, RunningConsumer, next_seen, recording_handlers},
     eventually, http_get,
+    node::{Node, NodeOptions},
     process::{Service, free_port, service_env, wait_ready},
     producer::{self, RunningProducer},
     proxy::Proxy,
@@ -103,6 +105,73 @@ async fn consumption_resumes_after_the_broker_link_is_cut_and_nothing_is_lost() 
         0
     );
     producer.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn a_failed_job_waits_out_a_memory_alarm_instead_of_spending_its_delivery_limit() {
+    let node = Node::start(NodeOptions::new("alarm")).await;
+    let url: AmqpUrl = node.amqp_url().parse().expect("url");
+    let topology = TestTopology::new("alarm", &["default"]);
+    let mut config = producer::config(&topology);
+    config.amqp.url = url.clone();
+    config.topology.delivery_limit = 2;
+    let producer = RunningProducer::start(config).await;
+    let id = producer.submit(job("fail", "1")).await;
+
+    // The job is queued; now the broker blocks publishers, and a consumer takes the job.
+    node.memory_alarm(true).await;
+    let mut config = consumer::config(&topology, "c");
+    config.amqp.url = url;
+    config.topology.delivery_limit = 2;
+    let (seen_tx, mut seen) = mpsc::unbounded_channel();
+    let consumer = RunningConsumer::start(config, recording_handlers("c", &seen_tx)).await;
+    let first = next_seen(&mut seen, 1, Duration::from_secs(20)).await;
+    assert_eq!(
+        (first[0].job_id.as_str(), first[0].attempt),
+        (id.as_str(), 1)
+    );
+    // The broker blocks the consumer's connection at its retry publish and reads nothing more
+    // from it: the consumer holds the delivery, longer than the confirm timeout (5 s here),
+    // rather than return it (attempt 1 again, and the delivery limit of 2 spent) or publish the
+    // retry twice.
+    let again = tokio::time::timeout(Duration::from_secs(8), seen.recv()).await;
+    assert!(
+        again.is_err(),
+        "attempted again during the alarm: {again:?}"
+    );
+
+    node.memory_alarm(false).await;
+    let second = next_seen(&mut seen, 1, Duration::from_secs(20)).await;
+    assert_eq!(
+        (second[0].job_id.as_str(), second[0].attempt),
+        (id.as_str(), 2)
+    );
+    let metrics = consumer.metrics().await;
+    for (series, expected) in [
+        (
+            r#"jobpipe_consumer_jobs_total{queue="default",type="fail",outcome="retried",reason="transient"}"#,
+            1.0,
+        ),
+        (
+            r#"jobpipe_consumer_jobs_total{queue="default",type="fail",outcome="returned",reason="transient"}"#,
+            0.0,
+        ),
+        (
+            r#"jobpipe_consumer_redeliveries_total{queue="default"}"#,
+            0.0,
+        ),
+    ] {
+        let value = sample(&metrics, series).unwrap_or(0.0);
+        assert_eq!(value, expected, "{series} in\n{metrics}");
+    }
+    let probe = Probe::connect_to(&node.amqp_url()).await.expect("probe");
+    assert_eq!(
+        probe.message_count(&topology.dead_queue("default")).await,
+        0
+    );
+    consumer.stop().await.expect("clean stop");
+    producer.stop().await.expect("clean stop");
+    node.stop().await;
 }
 
 #[tokio::test]

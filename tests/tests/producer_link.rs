@@ -290,3 +290,48 @@ async fn a_publisher_channel_the_broker_closed_is_replaced_without_a_restart() {
     assert_eq!(producer.health().await, ServingStatus::Serving);
     producer.stop().await.expect("clean stop");
 }
+
+#[tokio::test]
+async fn a_confirm_pending_when_the_connection_dies_fails_at_once_as_outcome_unknown() {
+    let topology = TestTopology::new("lost", &["default"]);
+    let proxy = Proxy::start(jobpipe_tests::broker::broker_parts().0)
+        .await
+        .expect("proxy");
+    let mut config = producer::config(&topology);
+    config.amqp.url = proxy.amqp_url().parse().expect("url");
+    config.amqp.confirm_timeout = Duration::from_secs(20);
+    let producer = RunningProducer::start(config).await;
+    let mut client = producer.client().await;
+    client.submit_job(request()).await.expect("before the cut");
+
+    // The job reaches the broker, its confirm does not reach the producer; then the link dies.
+    proxy.hold();
+    let submit = tokio::spawn(async move { client.submit_job(request()).await });
+    let probe = Probe::connect().await.expect("probe");
+    probe
+        .wait_for_count(&topology.work_queue("default"), 2, Duration::from_secs(10))
+        .await;
+    let cut = Instant::now();
+    proxy.cut();
+    let status = within(Duration::from_secs(10), "the submit's answer", submit)
+        .await
+        .expect("task")
+        .expect_err("no confirm");
+    assert!(
+        cut.elapsed() < Duration::from_secs(2),
+        "held {:?} after the connection died (confirm timeout 20 s)",
+        cut.elapsed()
+    );
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains("outcome is unknown"),
+        "{}",
+        status.message()
+    );
+    let metrics = producer.admin_get("/metrics").await.1;
+    assert!(
+        metrics.contains("jobpipe_producer_jobs_total{queue=\"default\",outcome=\"lost\"} 1"),
+        "{metrics}"
+    );
+    producer.stop().await.expect("clean stop");
+}

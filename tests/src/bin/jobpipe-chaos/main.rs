@@ -1,0 +1,317 @@
+//! `jobpipe-chaos` (`make chaos`): jobpipe under a paced load while the broker and the consumers
+//! are broken on purpose, then an account of every job.
+//!
+//! A throwaway RabbitMQ node (or a three-node cluster with `--cluster`) runs beside the shared
+//! broker; the release (or debug) `jobpipe-producer` and two `jobpipe-consumer` processes run on
+//! it; the load submits jobs with client ids (85 % `noop`, 10 % `fail` once, 5 % `sleep 50ms`,
+//! one in a thousand designed to be dead-lettered), each retried with its id until confirmed;
+//! the faults run one after another. Then everything drains and is counted: confirmed jobs that
+//! never succeeded (must be 0), healthy jobs in the dead-letter queue (must be 0), duplicates
+//! (each explained by a fault or not), recovery after each fault, the longest submit call.
+//!
+//! Prints a table and one JSON line; exits non-zero if a job was lost or wrongly dead-lettered.
+
+mod faults;
+mod ledger;
+mod load;
+mod report;
+mod services;
+
+use clap::Parser;
+use faults::{Fault, Injected, Injector};
+use jobpipe_proto::v1::job_service_client::JobServiceClient;
+use jobpipe_tests::{
+    broker::Probe,
+    node::{Cluster, Node, NodeOptions},
+};
+use ledger::Ledger;
+use load::Kind;
+use report::Report;
+use services::{Services, Settings};
+use std::{
+    collections::HashSet,
+    process::ExitCode,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
+use tokio::{sync::mpsc, time::Instant};
+
+/// Chaos options.
+#[derive(Debug, Clone, Parser)]
+#[command(about = "jobpipe under broker and consumer faults, every job accounted for")]
+struct Options {
+    /// Jobs to submit.
+    #[arg(long, default_value_t = 10_000)]
+    jobs: usize,
+    /// Jobs per second.
+    #[arg(long, default_value_t = 60.0)]
+    rate: f64,
+    /// Consumer processes.
+    #[arg(long, default_value_t = 2)]
+    consumers: usize,
+    /// Seconds between two faults.
+    #[arg(long, default_value_t = 6)]
+    gap: u64,
+    /// A three-node cluster instead of one node.
+    #[arg(long)]
+    cluster: bool,
+    /// A short run: fewer faults (the jobs and rate stay as given).
+    #[arg(long)]
+    short: bool,
+    /// Print the services' warnings and errors as they come.
+    #[arg(long)]
+    verbose: bool,
+}
+
+/// The AMQP heartbeat the services run with, in seconds.
+const HEARTBEAT_SECS: u64 = 5;
+/// The producer's confirm timeout (its default).
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the drain may take once the load is done.
+const DRAIN_LIMIT: Duration = Duration::from_secs(180);
+
+fn schedule(options: &Options) -> Vec<Fault> {
+    use Fault::*;
+    match (options.cluster, options.short) {
+        (false, false) => vec![
+            BrokerStop,
+            ConsumerKill,
+            BrokerKill,
+            ConsumerKill,
+            CloseConnections,
+            ConsumerKill,
+            BrokerStop,
+            MemoryAlarm,
+            ConsumerKill,
+            BrokerKill,
+            ConsumerTerm,
+            ConsumerKill,
+            BrokerStop,
+            ConsumerKill,
+        ],
+        (false, true) => vec![
+            BrokerStop,
+            ConsumerKill,
+            BrokerKill,
+            CloseConnections,
+            MemoryAlarm,
+            ConsumerTerm,
+        ],
+        (true, false) => vec![
+            NodeKill,
+            ConsumerKill,
+            CloseConnections,
+            NodeKill,
+            ConsumerTerm,
+            NodeKill,
+            MemoryAlarm,
+            ConsumerKill,
+        ],
+        (true, true) => vec![NodeKill, ConsumerKill, NodeKill],
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<ExitCode> {
+    let options = Options::parse();
+    let report = run(&options).await?;
+    report.print_table();
+    println!("{}", report.json());
+    Ok(if report.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn run(options: &Options) -> anyhow::Result<Report> {
+    let started = Instant::now();
+    let wall_start = SystemTime::now();
+    let nodes = if options.cluster {
+        Cluster::start("chaos", 3).await.nodes
+    } else {
+        vec![Node::start(NodeOptions::new("chaos")).await]
+    };
+    let settings = Settings {
+        urls: nodes.iter().map(Node::amqp_url).collect(),
+        prefix: format!("chaos-{:08x}", rand::random::<u32>()),
+        heartbeat_secs: HEARTBEAT_SECS,
+        verbose: options.verbose,
+    };
+    let prefix = settings.prefix.clone();
+    let dead_queue = format!("{prefix}.default.dead");
+    let (log, mut lines) = mpsc::unbounded_channel();
+    let mut services = Services::start(settings, options.consumers, log);
+    services.wait_ready().await;
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    tokio::spawn({
+        let ledger = ledger.clone();
+        async move {
+            while let Some((line, finished)) = lines.recv().await {
+                ledger.lock().expect("ledger lock").record(line, finished);
+            }
+        }
+    });
+    eprintln!(
+        "chaos: {} jobs at {}/s with {} consumers",
+        options.jobs, options.rate, options.consumers
+    );
+
+    let load = tokio::spawn(load::run(services.grpc, options.jobs, options.rate));
+    let client = JobServiceClient::new(
+        tonic::transport::Channel::from_shared(format!("http://{}", services.grpc))?.connect_lazy(),
+    );
+    let mut injector = Injector {
+        nodes: &nodes,
+        services: &mut services,
+        client,
+        started,
+        canaries: 0,
+        next_consumer: 0,
+    };
+    let mut injected = Vec::new();
+    for fault in schedule(options) {
+        tokio::time::sleep(Duration::from_secs(options.gap)).await;
+        let done = injector.inject(fault).await;
+        eprintln!(
+            "chaos: {:>6.1}s {fault}: outage {} ms, recovered in {} ms",
+            done.at.as_secs_f64(),
+            done.outage.as_millis(),
+            done.recovery.as_millis()
+        );
+        injected.push(done);
+    }
+    let canaries = injector.canaries;
+    let load_limit = Duration::from_secs_f64(options.jobs as f64 / options.rate) + DRAIN_LIMIT;
+    let submitted = tokio::time::timeout(load_limit, load).await???;
+    eprintln!(
+        "chaos: load done, {} confirmed; draining",
+        submitted.confirmed.len()
+    );
+
+    let mut expected: HashSet<String> = submitted.confirmed.clone();
+    expected.extend((1..=canaries).map(|n| format!("canary-{n}")));
+    drain(&ledger, &expected, &nodes[0], &prefix).await;
+    services.stop().await;
+    let probe = Probe::connect_to(&nodes[0].amqp_url()).await?;
+    let dead = ledger::dead_letters(&probe, &dead_queue).await;
+    drop(probe);
+
+    let ledger = std::mem::take(&mut *ledger.lock().expect("ledger lock"));
+    let mut report = account(&ledger, &expected, &dead, &submitted, &injected, wall_start);
+    report.variant = if options.cluster { "cluster" } else { "single" };
+    report.jobs = options.jobs + canaries;
+    report.faults = injected;
+    report.elapsed = started.elapsed();
+    for node in nodes {
+        node.stop().await;
+    }
+    Ok(report)
+}
+
+/// Waits until every expected job succeeded or was dead-lettered, by the consumers' logs, or
+/// until nothing is left to process (the broker may have dead-lettered a job on its own, and
+/// a lost job never finishes): every queue but the dead-letter ones empty, twice in a row.
+async fn drain(ledger: &Mutex<Ledger>, expected: &HashSet<String>, node: &Node, prefix: &str) {
+    let deadline = Instant::now() + DRAIN_LIMIT;
+    let mut idle = 0;
+    while Instant::now() < deadline {
+        let open = {
+            let ledger = ledger.lock().expect("ledger lock");
+            (expected.iter()).filter(|id| !ledger.settled(id)).count()
+        };
+        if open == 0 {
+            return;
+        }
+        idle = if pending(node, prefix).await == 0 {
+            idle + 1
+        } else {
+            0
+        };
+        if idle == 2 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Messages (ready or being processed) in the run's queues, dead-letter queues aside.
+async fn pending(node: &Node, prefix: &str) -> u64 {
+    let listed = node
+        .rabbitmqctl(&["list_queues", "name", "messages", "--quiet"])
+        .await;
+    (listed.lines())
+        .filter_map(|line| line.split_once('\t'))
+        .filter(|(name, _)| name.starts_with(prefix) && !name.ends_with(".dead"))
+        .filter_map(|(_, messages)| messages.trim().parse::<u64>().ok())
+        .sum()
+}
+
+/// Every job's fate, against what it was designed to do.
+fn account(
+    ledger: &Ledger,
+    expected: &HashSet<String>,
+    dead: &[ledger::DeadLetter],
+    submitted: &load::Submitted,
+    faults: &[Injected],
+    wall_start: SystemTime,
+) -> Report {
+    let doomed = |id: &str| {
+        id.strip_prefix("chaos-")
+            .and_then(|index| index.parse().ok())
+            .is_some_and(|index| Kind::of(index) == Kind::Doomed)
+    };
+    let dead_ids: HashSet<&str> = dead.iter().map(|d| d.job_id.as_str()).collect();
+    let mut lost: Vec<String> = (expected.iter())
+        .filter(|id| ledger.successes(id) == 0 && !dead_ids.contains(id.as_str()))
+        .cloned()
+        .collect();
+    lost.sort();
+    let healthy_dead = (dead.iter())
+        .filter(|d| !doomed(&d.job_id))
+        .map(|d| {
+            let why = (d.kind.clone())
+                .or_else(|| d.broker_reason.clone().map(|r| format!("broker: {r}")))
+                .unwrap_or_default();
+            (d.job_id.clone(), why)
+        })
+        .collect();
+    let designed = expected.iter().filter(|id| doomed(id)).count();
+    let designed_dead = dead_ids.iter().filter(|id| doomed(id)).count();
+    // A fault explains a duplicate when one of the job's outcomes came shortly before it (an ack
+    // lost with the connection) or the job's submit had to be repeated (the first may have been
+    // queued).
+    let near_fault = |at: SystemTime| {
+        faults.iter().any(|fault| {
+            let begin = wall_start + fault.at;
+            let end = begin + fault.outage + Duration::from_secs(1);
+            at + Duration::from_secs(2) >= begin && at <= end
+        })
+    };
+    let duplicated: Vec<&String> = (ledger.jobs.keys())
+        .filter(|id| ledger.successes(id) > 1)
+        .collect();
+    let explained = (duplicated.iter())
+        .filter(|id| {
+            submitted.resubmitted.contains(id.as_str())
+                || ledger.jobs[id.as_str()]
+                    .iter()
+                    .any(|event| near_fault(event.at))
+        })
+        .count();
+    Report {
+        confirmed: expected.len(),
+        lost,
+        healthy_dead,
+        designed_dead: (designed, designed_dead),
+        duplicates: (duplicated.len(), explained),
+        refusals: submitted.refusals.clone(),
+        longest_call: (
+            submitted.longest_call,
+            CONFIRM_TIMEOUT.max(Duration::from_secs(2 * HEARTBEAT_SECS)) + Duration::from_secs(1),
+        ),
+        outcomes: ledger.outcomes().into_iter().collect(),
+        log_lines: (ledger.warnings, ledger.lines),
+        ..Report::default()
+    }
+}
