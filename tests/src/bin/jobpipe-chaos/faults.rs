@@ -61,6 +61,8 @@ pub(crate) struct Injected {
     pub(crate) outage: Duration,
     /// From its return to serving again.
     pub(crate) recovery: Duration,
+    /// The consumer slot a consumer fault hit.
+    pub(crate) consumer: Option<usize>,
 }
 
 impl Injected {
@@ -91,6 +93,7 @@ impl Injector<'_> {
     pub(crate) async fn inject(&mut self, fault: Fault) -> Injected {
         let at = self.started.elapsed();
         let began = Instant::now();
+        let mut consumer = None;
         let back = match fault {
             Fault::BrokerStop => {
                 self.nodes[0].stop_app().await;
@@ -123,6 +126,7 @@ impl Injector<'_> {
             Fault::ConsumerKill | Fault::ConsumerTerm => {
                 let slot = self.next_consumer % self.services.consumer_slots();
                 self.next_consumer += 1;
+                consumer = Some(slot);
                 let signal = if fault == Fault::ConsumerKill {
                     "KILL"
                 } else {
@@ -143,6 +147,7 @@ impl Injector<'_> {
                     at,
                     outage: back - began,
                     recovery,
+                    consumer,
                 };
             }
         };
@@ -151,6 +156,7 @@ impl Injector<'_> {
             at,
             outage: back - began,
             recovery: self.serving(back).await,
+            consumer,
         }
     }
 

@@ -11,22 +11,25 @@ use tokio::{
     sync::mpsc,
 };
 
-/// One "Job finished." line.
+/// A job's attempt starting or ending, as a consumer logged it.
 #[derive(Debug, Clone)]
-pub(crate) struct Finished {
+pub(crate) struct Event {
     /// The job.
     pub(crate) job_id: String,
-    /// `succeeded`, `retried`, `dead_lettered` or `returned`.
+    /// `started` ("Job started."), or the outcome of "Job finished.": `succeeded`, `retried`,
+    /// `dead_lettered` or `returned`.
     pub(crate) outcome: String,
     /// When the consumer logged it.
     pub(crate) at: SystemTime,
+    /// The consumer slot that logged it.
+    pub(crate) slot: usize,
 }
 
 /// Log lines worth counting besides job outcomes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Line {
-    /// A job's outcome.
-    Finished,
+    /// A job's start or outcome.
+    Job,
     /// A warning or an error.
     Warning,
     /// Anything else.
@@ -36,8 +39,8 @@ pub(crate) enum Line {
 /// Every job's outcomes, in the order the consumers logged them.
 #[derive(Debug, Default)]
 pub(crate) struct Ledger {
-    /// Outcomes by job id.
-    pub(crate) jobs: HashMap<String, Vec<Finished>>,
+    /// Starts and outcomes by job id.
+    pub(crate) jobs: HashMap<String, Vec<Event>>,
     /// Warning and error lines, all services together.
     pub(crate) warnings: usize,
     /// Every log line, all services together.
@@ -46,17 +49,17 @@ pub(crate) struct Ledger {
 
 impl Ledger {
     /// Files one log line.
-    pub(crate) fn record(&mut self, line: Line, finished: Option<Finished>) {
+    pub(crate) fn record(&mut self, line: Line, event: Option<Event>) {
         self.lines += 1;
         match line {
             Line::Warning => self.warnings += 1,
-            Line::Finished | Line::Other => {}
+            Line::Job | Line::Other => {}
         }
-        if let Some(finished) = finished {
+        if let Some(event) = event {
             self.jobs
-                .entry(finished.job_id.clone())
+                .entry(event.job_id.clone())
                 .or_default()
-                .push(finished);
+                .push(event);
         }
     }
 
@@ -77,23 +80,32 @@ impl Ledger {
     /// Outcomes counted by name, over every job.
     pub(crate) fn outcomes(&self) -> HashMap<String, usize> {
         let mut counts = HashMap::new();
-        for event in self.jobs.values().flatten() {
+        for event in self
+            .jobs
+            .values()
+            .flatten()
+            .filter(|e| e.outcome != STARTED)
+        {
             *counts.entry(event.outcome.clone()).or_default() += 1;
         }
         counts
     }
 }
 
-/// Sends every line of a service's standard output, parsed, to `sink`; with `echo`, warnings
-/// and errors are printed too.
+/// The outcome name of a "Job started." event.
+pub(crate) const STARTED: &str = "started";
+
+/// Sends every line of the standard output of a service (consumer `slot`, or the producer),
+/// parsed, to `sink`; with `echo`, warnings and errors are printed too.
 pub(crate) async fn follow(
     stdout: ChildStdout,
-    sink: mpsc::UnboundedSender<(Line, Option<Finished>)>,
+    slot: usize,
+    sink: mpsc::UnboundedSender<(Line, Option<Event>)>,
     echo: bool,
 ) {
     let mut lines = BufReader::new(stdout).lines();
     while let Ok(Some(line)) = lines.next_line().await {
-        let parsed = parse(&line);
+        let parsed = parse(&line, slot);
         if echo && parsed.0 == Line::Warning {
             eprintln!("{line}");
         }
@@ -112,24 +124,26 @@ struct Json<'a> {
     outcome: Option<String>,
 }
 
-fn parse(line: &str) -> (Line, Option<Finished>) {
+fn parse(line: &str, slot: usize) -> (Line, Option<Event>) {
     let Ok(json) = serde_json::from_str::<Json<'_>>(line) else {
         return (Line::Other, None);
     };
-    let kind = match (json.message, json.level) {
-        ("Job finished.", _) => Line::Finished,
-        (_, "WARN" | "ERROR") => Line::Warning,
-        _ => Line::Other,
+    let (kind, outcome) = match (json.message, json.level) {
+        ("Job finished.", _) => (Line::Job, json.outcome),
+        ("Job started.", _) => (Line::Job, Some(STARTED.to_owned())),
+        (_, "WARN" | "ERROR") => (Line::Warning, None),
+        _ => (Line::Other, None),
     };
-    let finished = match (kind, json.job_id, json.outcome) {
-        (Line::Finished, Some(job_id), Some(outcome)) => Some(Finished {
+    let event = match (json.job_id, outcome) {
+        (Some(job_id), Some(outcome)) => Some(Event {
             job_id,
             outcome,
             at: humantime::parse_rfc3339(json.timestamp).unwrap_or_else(|_| SystemTime::now()),
+            slot,
         }),
         _ => None,
     };
-    (kind, finished)
+    (kind, event)
 }
 
 /// One message of the dead-letter queue.
@@ -176,15 +190,15 @@ mod tests {
     #[test]
     fn outcome_lines_and_warnings_are_told_apart() {
         let finished = r#"{"timestamp":"2026-01-01T00:00:00.5Z","level":"INFO","message":"Job finished.","job_id":"chaos-7","outcome":"succeeded"}"#;
-        let (kind, event) = parse(finished);
-        assert_eq!(kind, Line::Finished);
+        let (kind, event) = parse(finished, 1);
+        assert_eq!(kind, Line::Job);
         let event = event.expect("an outcome");
         assert_eq!(
             (event.job_id.as_str(), event.outcome.as_str()),
             ("chaos-7", "succeeded")
         );
         let warning = r#"{"timestamp":"2026-01-01T00:00:00Z","level":"WARN","message":"Broker link is down."}"#;
-        assert_eq!(parse(warning).0, Line::Warning);
-        assert_eq!(parse("not json").0, Line::Other);
+        assert_eq!(parse(warning, 0).0, Line::Warning);
+        assert_eq!(parse("not json", 0).0, Line::Other);
     }
 }

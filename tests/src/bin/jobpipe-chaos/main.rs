@@ -61,6 +61,9 @@ struct Options {
     /// Print the services' warnings and errors as they come.
     #[arg(long)]
     verbose: bool,
+    /// On a failed run, keep the broker nodes this many seconds for a look inside.
+    #[arg(long, default_value_t = 0)]
+    linger: u64,
 }
 
 /// The AMQP heartbeat the services run with, in seconds.
@@ -203,6 +206,33 @@ async fn run(options: &Options) -> anyhow::Result<Report> {
     report.jobs = options.jobs + canaries;
     report.faults = injected;
     report.elapsed = started.elapsed();
+    if !report.passed() {
+        // Where the missing jobs are: the run's queues as the broker sees them.
+        report.queues = nodes[0]
+            .rabbitmqctl(&[
+                "list_queues",
+                "name",
+                "messages",
+                "messages_ready",
+                "messages_unacknowledged",
+                "leader",
+                "online",
+                "--quiet",
+            ])
+            .await
+            .lines()
+            .filter(|line| line.starts_with(&prefix))
+            .map(str::to_owned)
+            .collect();
+        if options.linger > 0 {
+            let names: Vec<&str> = nodes.iter().map(Node::name).collect();
+            eprintln!(
+                "chaos: failed; the nodes {names:?} stay up {} s",
+                options.linger
+            );
+            tokio::time::sleep(Duration::from_secs(options.linger)).await;
+        }
+    }
     for node in nodes {
         node.stop().await;
     }
@@ -262,10 +292,26 @@ fn account(
             .is_some_and(|index| Kind::of(index) == Kind::Doomed)
     };
     let dead_ids: HashSet<&str> = dead.iter().map(|d| d.job_id.as_str()).collect();
-    let mut lost: Vec<String> = (expected.iter())
+    // A consumer killed with SIGKILL after acking a job and before logging it leaves a job that
+    // succeeded with no line to say so: its last start was on that consumer just before.
+    let killed_after_start = |id: &String| {
+        let last_start = (ledger.jobs.get(id).into_iter().flatten())
+            .rev()
+            .find(|event| event.outcome == ledger::STARTED);
+        last_start.is_some_and(|start| {
+            faults.iter().any(|fault| {
+                let killed = wall_start + fault.at;
+                fault.fault == Fault::ConsumerKill
+                    && fault.consumer == Some(start.slot)
+                    && start.at <= killed
+                    && killed <= start.at + Duration::from_secs(2)
+            })
+        })
+    };
+    let (unlogged, mut lost): (Vec<String>, Vec<String>) = (expected.iter())
         .filter(|id| ledger.successes(id) == 0 && !dead_ids.contains(id.as_str()))
         .cloned()
-        .collect();
+        .partition(killed_after_start);
     lost.sort();
     let healthy_dead = (dead.iter())
         .filter(|d| !doomed(&d.job_id))
@@ -302,6 +348,7 @@ fn account(
     Report {
         confirmed: expected.len(),
         lost,
+        unlogged: unlogged.len(),
         healthy_dead,
         designed_dead: (designed, designed_dead),
         duplicates: (duplicated.len(), explained),

@@ -15,6 +15,9 @@ pub(crate) struct Report {
     pub(crate) confirmed: usize,
     /// Confirmed and never succeeded nor dead-lettered (must be none).
     pub(crate) lost: Vec<String>,
+    /// Started on a consumer killed (SIGKILL) right after, and never seen again: processed and
+    /// acknowledged, the "Job finished." line lost with the process.
+    pub(crate) unlogged: usize,
     /// Dead-lettered without being designed to fail (must be none), with jobpipe's kind or the
     /// broker's reason.
     pub(crate) healthy_dead: Vec<(String, String)>,
@@ -34,6 +37,9 @@ pub(crate) struct Report {
     pub(crate) log_lines: (usize, usize),
     /// How long the run took.
     pub(crate) elapsed: Duration,
+    /// When the run failed: the run's queues (name, messages, ready, unacked, leader, members
+    /// online), to see where missing jobs are.
+    pub(crate) queues: Vec<String>,
 }
 
 /// The recovery target after a broker fault.
@@ -87,6 +93,10 @@ impl Report {
             self.lost.len().to_string(),
         );
         row(
+            "outcome unlogged (its consumer SIGKILLed)",
+            self.unlogged.to_string(),
+        );
+        row(
             "dead-lettered, designed to succeed (must be 0)",
             self.healthy_dead.len().to_string(),
         );
@@ -126,6 +136,9 @@ impl Report {
         for (id, why) in self.healthy_dead.iter().take(10) {
             println!("  DEAD {id} ({why})");
         }
+        for queue in &self.queues {
+            println!("  QUEUE {queue}");
+        }
         println!("  {}", if self.passed() { "PASS" } else { "FAIL" });
     }
 
@@ -146,6 +159,7 @@ impl Report {
             "jobs": self.jobs,
             "confirmed": self.confirmed,
             "lost": self.lost.len(),
+            "unlogged": self.unlogged,
             "healthy_dead_lettered": self.healthy_dead.len(),
             "designed_to_fail": self.designed_dead.0,
             "designed_dead_lettered": self.designed_dead.1,

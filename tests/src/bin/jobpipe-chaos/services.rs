@@ -2,7 +2,7 @@
 //! `jobpipe-consumer` binaries as processes, consumers killed and started again by the faults,
 //! every service's log lines filed in one ledger.
 
-use crate::ledger::{self, Finished, Line};
+use crate::ledger::{self, Event, Line};
 use jobpipe_tests::{
     http_get,
     process::{Service, free_port},
@@ -35,7 +35,7 @@ pub(crate) struct Services {
     producer: (Service, SocketAddr),
     /// Each consumer slot: its process while it runs, and its admin address.
     consumers: Vec<(Option<Service>, SocketAddr)>,
-    log: mpsc::UnboundedSender<(Line, Option<Finished>)>,
+    log: mpsc::UnboundedSender<(Line, Option<Event>)>,
 }
 
 impl Services {
@@ -43,14 +43,20 @@ impl Services {
     pub(crate) fn start(
         settings: Settings,
         consumers: usize,
-        log: mpsc::UnboundedSender<(Line, Option<Finished>)>,
+        log: mpsc::UnboundedSender<(Line, Option<Event>)>,
     ) -> Self {
         let grpc = free_port();
         let admin = free_port();
         let mut env = common(&settings, admin);
         env.push(("JOBPIPE__GRPC__LISTEN", grpc.to_string()));
         let (producer, stdout) = Service::start_piped("jobpipe-producer", &[], &env);
-        tokio::spawn(ledger::follow(stdout, log.clone(), settings.verbose));
+        // The producer logs no job events: its slot is never read.
+        tokio::spawn(ledger::follow(
+            stdout,
+            usize::MAX,
+            log.clone(),
+            settings.verbose,
+        ));
         let producer = (producer, admin);
         let mut services = Self {
             settings,
@@ -82,10 +88,17 @@ impl Services {
             ),
             ("JOBPIPE__RETRY__BASE", "1s".to_owned()),
             ("JOBPIPE__SHUTDOWN__GRACE_PERIOD", "10s".to_owned()),
+            // "Job started." too: a job whose consumer was killed between its ack and its
+            // "Job finished." line is told apart from a lost one by it.
+            (
+                "JOBPIPE__LOG__LEVEL",
+                format!("info,{}=debug", jobpipe_consumer::STARTED_TARGET),
+            ),
         ]);
         let (service, stdout) = Service::start_piped("jobpipe-consumer", &[], &env);
         tokio::spawn(ledger::follow(
             stdout,
+            slot,
             self.log.clone(),
             self.settings.verbose,
         ));
