@@ -107,6 +107,7 @@ impl Config {
         if self.consumer.max_timeout.is_zero() {
             return invalid("consumer.max_timeout", "must be positive".into());
         }
+        self.admin.validate()?;
         self.amqp.validate()?;
         self.log.validate()?;
         self.telemetry.validate()?;
@@ -148,6 +149,7 @@ impl Default for Config {
         Self {
             admin: AdminConfig {
                 listen: SocketAddr::from(([0, 0, 0, 0], 9091)),
+                ..AdminConfig::default()
             },
             amqp: AmqpConfig::default(),
             topology: TopologyConfig::default(),

@@ -85,7 +85,7 @@ impl Consumer {
     /// Binds the admin port (port 0 picks a free one).
     pub async fn bind(config: Config, handlers: Handlers) -> Result<Self, ConsumerError> {
         let addr = config.admin.listen;
-        let admin = Admin::bind(addr)
+        let admin = Admin::bind(&config.admin)
             .await
             .map_err(|source| ConsumerError::Bind { addr, source })?;
         Ok(Self {

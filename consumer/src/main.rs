@@ -28,10 +28,18 @@ fn main() -> ExitCode {
         Err(done) => return done,
     };
     let handlers = builtin_handlers(&config);
-    let (log, telemetry) = (config.log.clone(), config.telemetry.clone());
-    let served = process::serve("jobpipe-consumer", &log, &telemetry, |shutdown| {
-        jobpipe_consumer::run(config, handlers, shutdown)
-    });
+    let (log, telemetry, frame_max) = (
+        config.log.clone(),
+        config.telemetry.clone(),
+        config.amqp.frame_max,
+    );
+    let served = process::serve(
+        "jobpipe-consumer",
+        &log,
+        &telemetry,
+        frame_max,
+        |shutdown| jobpipe_consumer::run(config, handlers, shutdown),
+    );
     process::exit_status("jobpipe-consumer", served, |error| {
         matches!(error, ConsumerError::Topology(_))
     })

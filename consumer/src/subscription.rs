@@ -94,6 +94,19 @@ struct Subscription {
     consumer: lapin::Consumer,
     queue: QueueName,
     tag: String,
+    /// Taking one delivery at a time (see `Session::follows_unreadable_frame`).
+    probing: Option<Probing>,
+}
+
+/// One delivery at a time after the connection dropped on a frame the library could not read.
+#[derive(Debug, Clone, Copy)]
+struct Probing {
+    /// The prefetch to go back to.
+    prefetch: u16,
+    /// Intact deliveries to see before that: as many as were in flight when the connection
+    /// dropped. They and the unreadable message are back at the head of the queue; past them, a
+    /// new drop would charge only the message that causes it.
+    remaining: u16,
 }
 
 impl Subscription {
@@ -105,24 +118,34 @@ impl Subscription {
         prefetch: u16,
     ) -> Result<Self, lapin::Error> {
         let channel = session.open_channel().await?;
-        // Per-consumer prefetch: quorum queues refuse a global one.
-        channel
-            .basic_qos(prefetch, BasicQosOptions { global: false })
-            .await?;
-        let consumer = channel
-            .basic_consume(
-                ctx.topology.work_queue(queue).into(),
-                tag.into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        let probing = session.follows_unreadable_frame().then_some(Probing {
+            prefetch,
+            remaining: prefetch,
+        });
+        if probing.is_some() {
+            info!(%queue, intact = prefetch, "Taking one delivery at a time for a while.");
+        }
+        let prefetch = probing.map_or(prefetch, |_| 1);
+        let consumer = basic_consume(&channel, ctx, queue, tag, prefetch).await?;
         Ok(Self {
             channel,
             consumer,
             queue: queue.clone(),
             tag: tag.to_owned(),
+            probing,
         })
+    }
+
+    /// After enough deliveries arrived intact while probing: the consumer is replaced by one with
+    /// the full prefetch (quorum queues apply a prefetch to consumers made after it is set).
+    async fn widen(&mut self, ctx: &Context, prefetch: u16) -> Result<(), lapin::Error> {
+        self.channel
+            .basic_cancel(self.tag.as_str().into(), BasicCancelOptions::default())
+            .await?;
+        self.consumer = basic_consume(&self.channel, ctx, &self.queue, &self.tag, prefetch).await?;
+        self.probing = None;
+        info!(queue = %self.queue, prefetch, "Deliveries arrive intact; full prefetch again.");
+        Ok(())
     }
 
     /// Hands deliveries to job tasks until shutdown or until the subscription is gone.
@@ -146,12 +169,37 @@ impl Subscription {
                 next = self.consumer.next() => match next {
                     Some(Ok(delivery)) => delivery,
                     Some(Err(error)) => {
-                        warn!(queue = %self.queue, %error, "Subscription failed; resubscribing.");
+                        // A failed connection takes every subscription with it; the link
+                        // reports that once.
+                        if workers.ctx.link.session().is_some() {
+                            warn!(queue = %self.queue, %error, "Subscription failed; resubscribing.");
+                        } else {
+                            debug!(queue = %self.queue, %error, "Subscription ended with the connection.");
+                        }
                         return Ended::Resubscribe;
                     }
                     None => return Ended::Resubscribe,
                 },
             };
+            if let Some(probing) = self.probing.as_mut() {
+                probing.remaining = probing.remaining.saturating_sub(1);
+            }
+            if let Some(Probing {
+                prefetch,
+                remaining: 0,
+            }) = self.probing
+            {
+                // The delivery in hand stays valid: it belongs to the channel, not the consumer.
+                let widened =
+                    tokio::time::timeout(STEP_TIMEOUT, self.widen(&workers.ctx, prefetch)).await;
+                if !matches!(widened, Ok(Ok(()))) {
+                    warn!(queue = %self.queue, "Cannot raise the prefetch again; resubscribing.");
+                    Inbound::new(delivery, self.queue.clone(), self.channel.clone())
+                        .requeue()
+                        .await;
+                    return Ended::Resubscribe;
+                }
+            }
             let inbound = Inbound::new(delivery, self.queue.clone(), self.channel.clone());
             // Wait for a free slot; a delivery that never got one goes back on shutdown.
             let permit = tokio::select! {
@@ -199,6 +247,28 @@ impl Subscription {
         }
         info!(queue = %self.queue, returned, "Stopped consuming; unstarted deliveries returned.");
     }
+}
+
+/// Subscribes to `queue` on `channel` with `prefetch` deliveries in flight.
+async fn basic_consume(
+    channel: &Channel,
+    ctx: &Context,
+    queue: &QueueName,
+    tag: &str,
+    prefetch: u16,
+) -> Result<lapin::Consumer, lapin::Error> {
+    // Per-consumer prefetch: quorum queues refuse a global one.
+    channel
+        .basic_qos(prefetch, BasicQosOptions { global: false })
+        .await?;
+    channel
+        .basic_consume(
+            ctx.topology.work_queue(queue).into(),
+            tag.into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
 }
 
 /// Waits until the link is up on a live connection (one that failed may still be announced as

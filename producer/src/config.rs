@@ -1,7 +1,7 @@
 //! The producer's configuration: one `Config`, loaded once by `main` (or built by a test) and
 //! passed down. Every section has defaults, so an empty file is a working local setup.
 
-use jobpipe_proto::job::{MAX_ATTEMPTS, MAX_TIMEOUT};
+use jobpipe_proto::rules;
 use jobpipe_runtime::{
     admin::AdminConfig,
     amqp::{AmqpConfig, TopologyConfig},
@@ -11,6 +11,9 @@ use jobpipe_runtime::{
 };
 use serde::Deserialize;
 use std::{net::SocketAddr, path::Path, time::Duration};
+
+/// The largest `limits.max_payload_bytes` allowed.
+const MAX_PAYLOAD_BYTES: usize = 64 << 20;
 
 /// Everything the producer is configured with.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -38,15 +41,39 @@ pub struct Config {
     pub metrics: MetricsConfig,
 }
 
-/// The gRPC endpoint.
+/// The gRPC endpoint, and what it takes from clients. Every bound has its documented error.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GrpcConfig {
     /// Address and port.
     pub listen: SocketAddr,
     /// The largest request message accepted; larger requests fail with OUT_OF_RANGE before they
-    /// are read.
-    pub max_request_bytes: usize,
+    /// are read. Unset: room for a job at the payload limit plus a full batch of 2 KiB jobs (see
+    /// [`Config::max_request_bytes`]).
+    pub max_request_bytes: Option<usize>,
+    /// Connections open at once; more are closed as soon as they are accepted.
+    pub max_connections: usize,
+    /// Calls in flight at once, health checks aside; more get RESOURCE_EXHAUSTED. With
+    /// `max_request_bytes`, this bounds the memory requests can hold.
+    pub max_concurrent_calls: usize,
+    /// How long a call may take, reading its request included; then DEADLINE_EXCEEDED. Longer
+    /// than `amqp.confirm_timeout`.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// How long a new connection may take to send its first byte.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// How often the server pings a connection (HTTP/2 keepalive); one that does not answer within
+    /// `keepalive_timeout` is closed (a peer that vanished without closing).
+    #[serde(with = "humantime_serde")]
+    pub keepalive_interval: Duration,
+    /// How long a keepalive ping may go unanswered.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_timeout: Duration,
+    /// How long a connection lives, idle or busy; then the server asks the client to reconnect
+    /// (HTTP/2 GOAWAY) and gives calls in flight `request_timeout` to finish.
+    #[serde(with = "humantime_serde")]
+    pub max_connection_age: Duration,
 }
 
 /// Limits on what clients may submit. Each has a documented error (see the proto).
@@ -86,6 +113,17 @@ pub struct ShutdownConfig {
 }
 
 impl Config {
+    /// The largest request message: `grpc.max_request_bytes`, or room for one job at the payload
+    /// limit plus a full batch of jobs of 2 KiB each (3 MiB with the default limits).
+    pub fn max_request_bytes(&self) -> usize {
+        self.grpc.max_request_bytes.unwrap_or_else(|| {
+            self.limits
+                .max_payload_bytes
+                .saturating_add(self.limits.max_batch_jobs.saturating_mul(2 * 1024))
+                .saturating_add(64 * 1024)
+        })
+    }
+
     /// Loads the configuration: defaults, then `file`, then `JOBPIPE__*` from `env`.
     pub fn load(file: Option<&Path>, env: Env) -> Result<Self, ConfigError> {
         let mut config: Self = settings::load(file, env, &[])?;
@@ -103,8 +141,8 @@ impl Config {
             })
         };
         let jobs = &self.jobs;
-        if jobs.max_attempts_cap == 0 {
-            return invalid("jobs.max_attempts_cap", "must be at least 1");
+        if let Err(reason) = rules::check_max_attempts(jobs.max_attempts_cap) {
+            return invalid("jobs.max_attempts_cap", &reason);
         }
         if jobs.default_max_attempts == 0 || jobs.default_max_attempts > jobs.max_attempts_cap {
             return invalid(
@@ -112,36 +150,54 @@ impl Config {
                 "must be between 1 and jobs.max_attempts_cap",
             );
         }
-        if jobs.max_timeout.is_zero() {
-            return invalid("jobs.max_timeout", "must be positive");
+        if let Err(reason) = rules::check_timeout(jobs.max_timeout, rules::MAX_TIMEOUT) {
+            return invalid("jobs.max_timeout", &reason);
         }
-        if jobs.default_timeout.is_zero() || jobs.default_timeout > jobs.max_timeout {
-            return invalid(
-                "jobs.default_timeout",
-                "must be positive and at most jobs.max_timeout",
-            );
+        if let Err(reason) = rules::check_timeout(jobs.default_timeout, jobs.max_timeout) {
+            return invalid("jobs.default_timeout", &reason);
         }
         if self.limits.max_batch_jobs == 0 {
             return invalid("limits.max_batch_jobs", "must be at least 1");
         }
-        if self.limits.max_payload_bytes >= self.grpc.max_request_bytes {
+        if self.limits.max_payload_bytes > MAX_PAYLOAD_BYTES {
+            return invalid(
+                "limits.max_payload_bytes",
+                "must be at most 67108864 (64 MiB): RabbitMQ refuses messages over 128 MiB, and \
+                 large payloads belong in object storage, referenced from the job",
+            );
+        }
+        if self.limits.max_payload_bytes >= self.max_request_bytes() {
             return invalid(
                 "limits.max_payload_bytes",
                 "must be below grpc.max_request_bytes",
             );
         }
-        if jobs.max_attempts_cap > MAX_ATTEMPTS {
+        let grpc = &self.grpc;
+        for (key, value) in [
+            ("grpc.max_connections", grpc.max_connections),
+            ("grpc.max_concurrent_calls", grpc.max_concurrent_calls),
+        ] {
+            if value == 0 {
+                return invalid(key, "must be at least 1");
+            }
+        }
+        for (key, value) in [
+            ("grpc.handshake_timeout", grpc.handshake_timeout),
+            ("grpc.keepalive_interval", grpc.keepalive_interval),
+            ("grpc.keepalive_timeout", grpc.keepalive_timeout),
+            ("grpc.max_connection_age", grpc.max_connection_age),
+        ] {
+            if value.is_zero() {
+                return invalid(key, "must be positive");
+            }
+        }
+        if grpc.request_timeout <= self.amqp.confirm_timeout {
             return invalid(
-                "jobs.max_attempts_cap",
-                &format!("must be at most {MAX_ATTEMPTS}"),
+                "grpc.request_timeout",
+                "must be longer than amqp.confirm_timeout: a submit waits for its confirm",
             );
         }
-        if jobs.max_timeout > MAX_TIMEOUT {
-            return invalid(
-                "jobs.max_timeout",
-                &format!("must be at most {}h", MAX_TIMEOUT.as_secs() / 3600),
-            );
-        }
+        self.admin.validate()?;
         self.amqp.validate()?;
         self.log.validate()?;
         self.telemetry.validate()
@@ -152,7 +208,14 @@ impl Default for GrpcConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 50051)),
-            max_request_bytes: 64 << 20,
+            max_request_bytes: None,
+            max_connections: 1024,
+            max_concurrent_calls: 256,
+            request_timeout: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(10),
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(10),
+            max_connection_age: Duration::from_secs(600),
         }
     }
 }

@@ -2,6 +2,8 @@
 //! confirmed them.
 //!
 //! - [`config`]: the one `Config`.
+//! - `admission` (private): what the gRPC port takes before any service sees it (gRPC only,
+//!   bounded calls, each within its deadline, one message per job call).
 //! - [`submission`]: checking a client's job and filling in defaults.
 //! - [`service`]: the `JobService` RPCs, publishing with confirms (scheduled jobs into the
 //!   delay ladder, after [`queues`] confirms their destination exists).
@@ -9,6 +11,7 @@
 //! - [`metrics`] and [`spans`]: what `/metrics` shows and the trace spans opened.
 //! - [`Producer`] (here): binds the ports and runs everything until shutdown.
 
+mod admission;
 pub mod config;
 pub mod error;
 pub mod metrics;
@@ -17,18 +20,22 @@ pub mod service;
 pub mod spans;
 pub mod submission;
 
-use crate::{config::Config, metrics::ProducerMetrics, service::JobService, submission::Rules};
+use crate::{
+    admission::AdmissionLayer, config::Config, metrics::ProducerMetrics, service::JobService,
+    submission::Rules,
+};
 use jobpipe_proto::v1::{FILE_DESCRIPTOR_SET, job_service_server::JobServiceServer};
 use jobpipe_runtime::{
     admin::Admin,
     amqp::{LinkError, link::connection_name},
     base::{BaseConfig, ServiceBase},
+    listener::{ConnectionLimits, Listener},
 };
 use prometheus_client::registry::Registry;
 use std::{io, net::SocketAddr, sync::Arc};
 use tokio::{net::TcpListener, sync::watch};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Server, server::TcpIncoming};
+use tonic::transport::Server;
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tracing::{info, warn};
 
@@ -57,11 +64,14 @@ pub enum ProducerError {
     Reflection(#[from] tonic_reflection::server::Error),
 }
 
+/// HTTP/2 streams (calls) one connection may have open at once.
+const MAX_STREAMS_PER_CONNECTION: u32 = 128;
+
 /// A producer with its ports bound, ready to run.
 #[derive(Debug)]
 pub struct Producer {
     config: Config,
-    grpc: TcpListener,
+    grpc: Listener,
     admin: Admin,
 }
 
@@ -75,8 +85,15 @@ impl Producer {
                 addr: grpc_addr,
                 source,
             })?;
+        let grpc = Listener::new(
+            grpc,
+            ConnectionLimits {
+                max_connections: config.grpc.max_connections,
+                handshake_timeout: config.grpc.handshake_timeout,
+            },
+        );
         let admin_addr = config.admin.listen;
-        let admin = Admin::bind(admin_addr)
+        let admin = Admin::bind(&config.admin)
             .await
             .map_err(|source| ProducerError::Bind {
                 addr: admin_addr,
@@ -134,16 +151,23 @@ impl Producer {
             config.amqp.confirm_timeout,
             metrics,
         ))
-        .max_decoding_message_size(config.grpc.max_request_bytes);
+        .max_decoding_message_size(config.max_request_bytes());
+        let limits = &config.grpc;
         let server = Server::builder()
+            .http2_keepalive_interval(Some(limits.keepalive_interval))
+            .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+            .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+            .max_connection_age(limits.max_connection_age)
+            .max_connection_age_grace(limits.request_timeout)
+            .layer(AdmissionLayer::new(
+                limits.max_concurrent_calls,
+                limits.request_timeout,
+            ))
             .add_service(health)
             .add_service(reflection_v1()?)
             .add_service(reflection_v1alpha()?)
             .add_service(jobs)
-            .serve_with_incoming_shutdown(
-                TcpIncoming::from(grpc),
-                shutdown.clone().cancelled_owned(),
-            );
+            .serve_with_incoming_shutdown(grpc.into_stream(), shutdown.clone().cancelled_owned());
         tokio::pin!(server);
         info!(grpc = %config.grpc.listen, admin = %config.admin.listen, "Producer started.");
 

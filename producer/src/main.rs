@@ -36,10 +36,18 @@ fn main() -> ExitCode {
     if args.declare_topology {
         return declare_topology(&config);
     }
-    let (log, telemetry) = (config.log.clone(), config.telemetry.clone());
-    let served = process::serve("jobpipe-producer", &log, &telemetry, |shutdown| {
-        jobpipe_producer::run(config, shutdown)
-    });
+    let (log, telemetry, frame_max) = (
+        config.log.clone(),
+        config.telemetry.clone(),
+        config.amqp.frame_max,
+    );
+    let served = process::serve(
+        "jobpipe-producer",
+        &log,
+        &telemetry,
+        frame_max,
+        |shutdown| jobpipe_producer::run(config, shutdown),
+    );
     process::exit_status("jobpipe-producer", served, |error| {
         matches!(error, ProducerError::Topology(_))
     })

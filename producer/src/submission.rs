@@ -9,14 +9,13 @@ use jobpipe_proto::{
     job::JobProperties,
     metadata,
     names::{JobId, JobType, NameError, QueueName},
+    rules,
     v1::JobSpec,
 };
 use std::time::{Duration, SystemTime};
 
 /// The content type of a job whose client named none.
 pub const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
-/// The longest content type, in characters.
-const MAX_CONTENT_TYPE_LEN: usize = 128;
 
 /// A valid job, ready to publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,20 +104,19 @@ impl Rules {
     }
 
     fn timeout(&self, asked: Option<prost_types::Duration>) -> Result<Duration, SubmitError> {
+        let invalid = |reason| SubmitError::Invalid {
+            field: "timeout",
+            reason,
+        };
         let Some(asked) = asked else {
             return Ok(self.jobs.default_timeout);
         };
-        let max = self.jobs.max_timeout;
-        match Duration::try_from(asked) {
-            Ok(timeout) if !timeout.is_zero() && timeout <= max => Ok(timeout),
-            _ => Err(SubmitError::Invalid {
-                field: "timeout",
-                reason: format!(
-                    "must be positive and at most {}",
-                    humantime::format_duration(max)
-                ),
-            }),
-        }
+        let timeout = rules::duration_from_wire(asked).map_err(invalid)?;
+        rules::check_timeout(timeout, self.jobs.max_timeout).map_err(invalid)?;
+        // The wire carries whole milliseconds: what the consumer reads is what is checked.
+        Ok(Duration::from_millis(
+            u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+        ))
     }
 }
 
@@ -130,7 +128,7 @@ fn delay(asked: Option<prost_types::Duration>) -> Result<Option<LadderDelay>, Su
     let Some(asked) = asked else {
         return Ok(None);
     };
-    let delay = Duration::try_from(asked).map_err(|_| invalid("must not be negative".into()))?;
+    let delay = rules::duration_from_wire(asked).map_err(invalid)?;
     LadderDelay::from_duration(delay).map_err(|error| invalid(error.to_string()))
 }
 
@@ -138,12 +136,10 @@ fn content_type(asked: String) -> Result<String, SubmitError> {
     if asked.is_empty() {
         return Ok(DEFAULT_CONTENT_TYPE.to_owned());
     }
-    if asked.len() > MAX_CONTENT_TYPE_LEN || !asked.bytes().all(|c| (b' '..=b'~').contains(&c)) {
-        return Err(SubmitError::Invalid {
-            field: "content_type",
-            reason: format!("must be at most {MAX_CONTENT_TYPE_LEN} printable ASCII characters"),
-        });
-    }
+    rules::check_content_type(&asked).map_err(|reason| SubmitError::Invalid {
+        field: "content_type",
+        reason,
+    })?;
     Ok(asked)
 }
 
@@ -333,6 +329,50 @@ mod tests {
                     ..spec()
                 },
                 Some("timeout"),
+            ),
+            (
+                "a timeout under a millisecond",
+                JobSpec {
+                    timeout: Some(prost_types::Duration {
+                        seconds: 0,
+                        nanos: 999_999,
+                    }),
+                    ..spec()
+                },
+                Some("timeout"),
+            ),
+            (
+                "a timeout of one millisecond",
+                JobSpec {
+                    timeout: Some(prost_types::Duration {
+                        seconds: 0,
+                        nanos: 1_000_000,
+                    }),
+                    ..spec()
+                },
+                None,
+            ),
+            (
+                "mixed-sign nanos",
+                JobSpec {
+                    timeout: Some(prost_types::Duration {
+                        seconds: 2,
+                        nanos: -5,
+                    }),
+                    ..spec()
+                },
+                Some("timeout"),
+            ),
+            (
+                "nanos out of range",
+                JobSpec {
+                    delay: Some(prost_types::Duration {
+                        seconds: 0,
+                        nanos: 2_000_000_000,
+                    }),
+                    ..spec()
+                },
+                Some("delay"),
             ),
             (
                 "negative delay",

@@ -5,8 +5,9 @@
 //! delivery) and in headers (attempt, limits, times; metadata as plain string headers).
 
 use crate::{
-    headers,
+    headers, metadata,
     names::{JobId, JobType, NameError},
+    rules,
 };
 use amq_protocol::{
     protocol::BasicProperties,
@@ -19,10 +20,6 @@ use std::{
 
 /// AMQP `delivery_mode` for a message that survives a broker restart.
 pub const PERSISTENT: u8 = 2;
-/// The most attempts a job may have; a message asking for more is not a readable job.
-pub const MAX_ATTEMPTS: u32 = 100;
-/// The longest per-attempt deadline a message may carry (consumers clamp it further).
-pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 /// What jobpipe knows about a job besides its payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,25 +112,31 @@ impl JobProperties {
         let job_type = name(properties.kind(), "type", JobType::try_new)?;
         let attempt = required_u32(table, headers::ATTEMPT)?;
         let max_attempts = required_u32(table, headers::MAX_ATTEMPTS)?;
-        if attempt == 0 || max_attempts == 0 {
+        if attempt == 0 {
             return Err(DecodeError::Invalid {
                 field: headers::ATTEMPT,
                 reason: "attempts are 1-based".into(),
             });
         }
-        if max_attempts > MAX_ATTEMPTS {
-            return Err(DecodeError::Invalid {
-                field: headers::MAX_ATTEMPTS,
-                reason: format!("at most {MAX_ATTEMPTS}"),
-            });
-        }
+        rules::check_max_attempts(max_attempts).map_err(|reason| DecodeError::Invalid {
+            field: headers::MAX_ATTEMPTS,
+            reason,
+        })?;
         let timeout = Duration::from_millis(required_integer(table, headers::TIMEOUT_MS)?);
-        if timeout.is_zero() || timeout > MAX_TIMEOUT {
-            return Err(DecodeError::Invalid {
+        rules::check_timeout(timeout, rules::MAX_TIMEOUT).map_err(|reason| {
+            DecodeError::Invalid {
                 field: headers::TIMEOUT_MS,
-                reason: "must be positive and at most 24 hours".into(),
-            });
-        }
+                reason,
+            }
+        })?;
+        let content_type = properties
+            .content_type()
+            .as_ref()
+            .map_or_else(String::new, |c| c.as_str().to_owned());
+        rules::check_content_type(&content_type).map_err(|reason| DecodeError::Invalid {
+            field: "content_type",
+            reason,
+        })?;
         let submitted_at = from_unix_millis(required_integer(table, headers::SUBMITTED_AT_MS)?);
         let due_at = match integer_header(table, headers::DUE_AT_MS)? {
             Some(ms) => from_unix_millis(ms),
@@ -142,16 +145,13 @@ impl JobProperties {
         Ok(Self {
             id,
             job_type,
-            content_type: properties
-                .content_type()
-                .as_ref()
-                .map_or_else(String::new, |c| c.as_str().to_owned()),
+            content_type,
             attempt,
             max_attempts,
             timeout,
             submitted_at,
             due_at,
-            metadata: metadata(table),
+            metadata: read_metadata(table)?,
             trace: text_header(table, headers::TRACEPARENT).map(|traceparent| TraceContext {
                 traceparent: traceparent.into_owned(),
                 tracestate: text_header(table, headers::TRACESTATE)
@@ -259,18 +259,32 @@ fn required_u32(table: &FieldTable, field: &'static str) -> Result<u32, DecodeEr
     })
 }
 
-fn metadata(table: &FieldTable) -> BTreeMap<String, String> {
-    table
-        .inner()
-        .keys()
-        .filter(|key| !headers::is_reserved(key.as_str()))
-        .filter_map(|key| {
-            Some((
-                key.to_string(),
-                text_header(table, key.as_str())?.into_owned(),
-            ))
-        })
-        .collect()
+/// The job's metadata: its text headers that are not reserved, under the rules a submission's
+/// metadata obeys.
+fn read_metadata(table: &FieldTable) -> Result<BTreeMap<String, String>, DecodeError> {
+    let invalid = |reason| DecodeError::Invalid {
+        field: "metadata",
+        reason,
+    };
+    let mut pairs = BTreeMap::new();
+    for key in table.inner().keys() {
+        if headers::is_reserved(key.as_str()) {
+            continue;
+        }
+        let Some(value) = text_header(table, key.as_str()) else {
+            continue;
+        };
+        metadata::check_entry(key.as_str(), &value).map_err(invalid)?;
+        pairs.insert(key.to_string(), value.into_owned());
+    }
+    if pairs.len() > metadata::MAX_ENTRIES {
+        return Err(invalid(format!(
+            "{} entries is over the limit of {}",
+            pairs.len(),
+            metadata::MAX_ENTRIES
+        )));
+    }
+    Ok(pairs)
 }
 
 #[cfg(test)]
@@ -375,7 +389,7 @@ mod tests {
                 with_header(headers::MAX_ATTEMPTS, AMQPValue::LongLongInt(1_000_000)),
                 DecodeError::Invalid {
                     field: headers::MAX_ATTEMPTS,
-                    reason: "at most 100".into(),
+                    reason: "must be 1 to 100".into(),
                 },
             ),
             (
@@ -386,7 +400,31 @@ mod tests {
                 ),
                 DecodeError::Invalid {
                     field: headers::TIMEOUT_MS,
-                    reason: "must be positive and at most 24 hours".into(),
+                    reason: "must be from 1ms to 24h".into(),
+                },
+            ),
+            (
+                "zero timeout",
+                with_header(headers::TIMEOUT_MS, AMQPValue::ShortShortUInt(0)),
+                DecodeError::Invalid {
+                    field: headers::TIMEOUT_MS,
+                    reason: "must be from 1ms to 24h".into(),
+                },
+            ),
+            (
+                "a control character in the content type",
+                good.clone().with_content_type("text/plain\u{1}".into()),
+                DecodeError::Invalid {
+                    field: "content_type",
+                    reason: "must be at most 128 printable ASCII characters".into(),
+                },
+            ),
+            (
+                "an oversized metadata value",
+                with_header("tenant", long_string(&"v".repeat(1025))),
+                DecodeError::Invalid {
+                    field: "metadata",
+                    reason: "value of \"tenant\" is 1025 bytes, over the limit of 1024".into(),
                 },
             ),
             (

@@ -1,7 +1,8 @@
 //! The jobpipe wire contract, shared by every service and client: the gRPC API ([`v1`]), the
 //! names of broker objects ([`topology`]) and headers ([`headers`]), the delay ladder's
-//! arithmetic ([`delay`]), validated names ([`names`]), metadata rules ([`metadata`]),
-//! how a job is written onto an AMQP message ([`job`]), and
+//! arithmetic ([`delay`]), validated names ([`names`]), metadata rules ([`metadata`]), the rules
+//! of every other job property, which both services apply ([`rules`]), how a job is written onto
+//! an AMQP message ([`job`]), and
 //! the failure record a failed job carries ([`failure`]). Pure: no I/O happens here.
 
 pub mod delay;
@@ -10,6 +11,7 @@ pub mod headers;
 pub mod job;
 pub mod metadata;
 pub mod names;
+pub mod rules;
 pub mod topology;
 
 /// The generated `jobpipe.v1` gRPC types, client and server.

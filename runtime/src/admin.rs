@@ -1,6 +1,9 @@
 //! The admin HTTP endpoint every service serves beside its main work: `/livez` (the process
 //! runs), `/readyz` (it can do its job: broker up, not draining) and `/metrics` (Prometheus text).
+//! HTTP/1.1 only, with every wait bounded: probes and scrapes are small and quick, anything slow
+//! or idle is dropped.
 
+use crate::listener::{ConnectionLimits, Listener};
 use axum::{
     Router,
     extract::State,
@@ -8,25 +11,60 @@ use axum::{
     response::IntoResponse,
     routing::get,
 };
+use hyper_util::{
+    rt::{TokioIo, TokioTimer},
+    service::TowerToHyperService,
+};
 use prometheus_client::{encoding::prometheus_text, registry::Registry};
 use serde::Deserialize;
-use std::{io, net::SocketAddr, sync::Arc};
+use std::{io, net::SocketAddr, sync::Arc, time::Duration};
 use tokio::{net::TcpListener, sync::watch};
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tower::ServiceExt;
 
-/// Where the admin endpoint listens.
+/// The longest a connection is kept: a scraper reconnects, a slow reader is cut off.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+
+/// Where the admin endpoint listens, and how much it takes.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdminConfig {
     /// Address and port, e.g. `0.0.0.0:9090`.
     pub listen: SocketAddr,
+    /// Connections open at once; more are closed as soon as they are accepted.
+    pub max_connections: usize,
+    /// How long a client may take to send a request's head (and, on a new connection, its
+    /// first byte); a connection idle between requests is closed after as long.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
+            max_connections: 64,
+            request_timeout: Duration::from_secs(10),
         }
+    }
+}
+
+impl AdminConfig {
+    /// Checks the rules the types cannot express; the error names the key.
+    pub fn validate(&self) -> Result<(), crate::settings::ConfigError> {
+        let invalid = |key, reason: &str| {
+            Err(crate::settings::ConfigError::Invalid {
+                key,
+                reason: reason.to_owned(),
+            })
+        };
+        if self.max_connections == 0 {
+            return invalid("admin.max_connections", "must be at least 1");
+        }
+        if self.request_timeout.is_zero() {
+            return invalid("admin.request_timeout", "must be positive");
+        }
+        Ok(())
     }
 }
 
@@ -42,14 +80,20 @@ pub struct AdminState {
 /// A bound, not yet serving, admin endpoint.
 #[derive(Debug)]
 pub struct Admin {
-    listener: TcpListener,
+    listener: Listener,
+    request_timeout: Duration,
 }
 
 impl Admin {
     /// Binds the listener (port 0 picks a free port).
-    pub async fn bind(addr: SocketAddr) -> io::Result<Self> {
+    pub async fn bind(config: &AdminConfig) -> io::Result<Self> {
+        let limits = ConnectionLimits {
+            max_connections: config.max_connections,
+            handshake_timeout: config.request_timeout,
+        };
         Ok(Self {
-            listener: TcpListener::bind(addr).await?,
+            listener: Listener::new(TcpListener::bind(config.listen).await?, limits),
+            request_timeout: config.request_timeout,
         })
     }
 
@@ -65,9 +109,38 @@ impl Admin {
             .route("/readyz", get(readyz))
             .route("/metrics", get(metrics))
             .with_state(state);
-        axum::serve(self.listener, router)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await
+        let connections = TaskTracker::new();
+        loop {
+            let (io, _) = tokio::select! {
+                () = shutdown.cancelled() => break,
+                accepted = self.listener.accept() => accepted,
+            };
+            let service =
+                router
+                    .clone()
+                    .map_request(|request: hyper::Request<hyper::body::Incoming>| {
+                        request.map(axum::body::Body::new)
+                    });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(self.request_timeout)
+                .serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
+            let shutdown = shutdown.clone();
+            connections.spawn(async move {
+                tokio::pin!(connection);
+                tokio::select! {
+                    _ = &mut connection => {}
+                    () = tokio::time::sleep(CONNECTION_LIFETIME) => {}
+                    () = shutdown.cancelled() => {
+                        connection.as_mut().graceful_shutdown();
+                        let _ = tokio::time::timeout(Duration::from_secs(1), connection).await;
+                    }
+                }
+            });
+        }
+        connections.close();
+        connections.wait().await;
+        Ok(())
     }
 }
 

@@ -6,7 +6,7 @@
 //! - [`settings`]: layered configuration (defaults, file, `JOBPIPE__*` environment).
 //! - [`shutdown`]: the signal that starts a drain; [`process`]: what every binary's `main` does.
 //! - [`readiness`], [`admin`], [`metrics`] and [`queue_state`]: what `/readyz`, gRPC health and
-//!   `/metrics` report.
+//!   `/metrics` report; [`listener`]: accepting connections within limits, for both ports.
 //! - Logs and traces: [`telemetry`] (JSON or text logs, OTLP export) and [`propagation`] (trace
 //!   context in AMQP headers).
 //!
@@ -15,6 +15,7 @@
 pub mod admin;
 pub mod amqp;
 pub mod base;
+pub mod listener;
 pub mod metrics;
 pub mod process;
 pub mod propagation;

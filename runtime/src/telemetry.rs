@@ -163,9 +163,16 @@ where
         _ => EnvFilter::try_new(&log.level),
     }
     .map_err(|error| TelemetryError::Filter(error.to_string()))?
-    // amq-protocol-tcp logs the broker URI, password included, at trace level.
-    .add_directive(directive("amq_protocol_tcp=debug")?)
     .add_directive(directive(&format!("{SPANS}=off"))?);
+    // The AMQP library stays silent whatever the level: at trace it prints every frame, the
+    // login's password among them, and amq-protocol-tcp the broker URI with it; at error it
+    // reports a closing connection (a clean shutdown included) and repeats what the link
+    // supervisor logs once, with the reason, for every connection that fails.
+    let filter = ["lapin=off", "amq_protocol=off", "amq_protocol_tcp=off"]
+        .iter()
+        .try_fold(filter, |filter, cap| {
+            Ok(filter.add_directive(directive(cap)?))
+        })?;
     let json = match log.format {
         LogFormat::Auto => !std::io::stdout().is_terminal(),
         LogFormat::Json => true,

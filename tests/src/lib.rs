@@ -1,7 +1,8 @@
 //! The harness jobpipe's integration tests share: the real broker with a topology per test
 //! ([`broker`]), services run in-process ([`producer`], [`consumer`], both at once: [`stack`]) or as processes ([`process`]), a
 //! proxy to cut connections ([`proxy`]), throwaway RabbitMQ nodes and clusters to stop, kill and
-//! alarm ([`node`]), third-party clients ([`tools`]), and a real OTLP collector ([`otlp`]). Every
+//! alarm ([`node`]), third-party clients ([`tools`]), a process's memory and CPU ([`procstat`]),
+//! and a real OTLP collector ([`otlp`]). Every
 //! wait is bounded by [`within`].
 
 pub mod broker;
@@ -9,6 +10,7 @@ pub mod consumer;
 pub mod node;
 pub mod otlp;
 pub mod process;
+pub mod procstat;
 pub mod producer;
 pub mod proxy;
 pub mod stack;

@@ -4,24 +4,26 @@ use std::time::Duration;
 
 /// A process's resource use at one moment.
 #[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct Usage {
+pub struct Usage {
     /// Peak resident set size (VmHWM), in MiB.
-    pub(crate) peak_rss_mib: f64,
+    pub peak_rss_mib: f64,
+    /// Resident set size now (VmRSS), in MiB.
+    pub rss_mib: f64,
     /// User plus system CPU time so far.
-    pub(crate) cpu: Duration,
+    pub cpu: Duration,
 }
 
 /// Reads `pid`'s usage from `/proc`; zeros if the process is gone.
-pub(crate) fn usage(pid: u32) -> Usage {
-    let peak_rss_mib = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix("VmHWM:"))
-                .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0);
+pub fn usage(pid: u32) -> Usage {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let mib = |field: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(field))
+            .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    };
+    let (peak_rss_mib, rss_mib) = (mib("VmHWM:"), mib("VmRSS:"));
     let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|stat| {
@@ -35,7 +37,11 @@ pub(crate) fn usage(pid: u32) -> Usage {
             ))
         })
         .unwrap_or_default();
-    Usage { peak_rss_mib, cpu }
+    Usage {
+        peak_rss_mib,
+        rss_mib,
+        cpu,
+    }
 }
 
 /// Clock ticks per second (`getconf CLK_TCK`), 100 on Linux unless told otherwise.

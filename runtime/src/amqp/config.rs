@@ -10,6 +10,10 @@ use lapin::uri::AMQPUri;
 use serde::Deserialize;
 use std::{fmt, path::PathBuf, str::FromStr, time::Duration};
 
+/// RabbitMQ's default `frame_max`: the largest frame it accepts from a publisher, and so the
+/// largest it forwards to a consumer.
+pub const MIN_FRAME_MAX: u32 = 128 * 1024;
+
 /// How to reach the broker and how patiently.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -43,10 +47,9 @@ pub struct AmqpConfig {
     /// opening the publisher channel. Past it the attempt is abandoned and the next one starts.
     #[serde(with = "humantime_serde")]
     pub recovery_timeout: Duration,
-    /// The largest AMQP frame asked of the broker, in bytes. lapin keeps 32 frames of send and
-    /// of receive buffer per connection, so this sets the connection's memory (64 KiB: 4 MiB,
-    /// the broker's 128 KiB default: 8 MiB). A job's properties must fit in one frame; with the
-    /// metadata and history limits they stay under 48 KiB.
+    /// The largest AMQP frame asked of the broker, in bytes: at least RabbitMQ's own limit
+    /// (131072 by default), so that every message the broker accepted from any publisher can be
+    /// read. A message's properties travel in one frame; jobpipe's own stay under 48 KiB.
     pub frame_max: u32,
 }
 
@@ -63,7 +66,7 @@ impl Default for AmqpConfig {
             connect_timeout: Duration::from_secs(5),
             confirm_timeout: Duration::from_secs(10),
             recovery_timeout: Duration::from_secs(30),
-            frame_max: 64 * 1024,
+            frame_max: MIN_FRAME_MAX,
         }
     }
 }
@@ -98,10 +101,11 @@ impl AmqpConfig {
         {
             return invalid("amqp.urls", "every node must name the same vhost");
         }
-        if self.frame_max < 64 * 1024 {
+        if self.frame_max < MIN_FRAME_MAX {
             return invalid(
                 "amqp.frame_max",
-                "must be at least 65536: a job's properties must fit in one frame",
+                "must be at least 131072 (RabbitMQ's limit for publishers): a message whose \
+                 properties fill a frame the broker accepted must not be too large to read",
             );
         }
         Ok(())

@@ -99,6 +99,8 @@ struct Established {
     endpoint: String,
     /// Its index in the configured addresses.
     address: usize,
+    /// Whether the connection before this one failed on a frame lapin could not read.
+    after_unreadable_frame: bool,
 }
 
 impl Session {
@@ -124,6 +126,15 @@ impl Session {
         self.0.connection.status().connected()
     }
 
+    /// Whether the connection before this one was dropped because the broker sent a frame the
+    /// AMQP library cannot read (invalid UTF-8 in a short string, say). The message that did it
+    /// is back at the head of its queue and will drop this connection too if it comes here:
+    /// consumers take one delivery at a time until one arrives intact, so that it costs no other
+    /// job a delivery.
+    pub fn follows_unreadable_frame(&self) -> bool {
+        self.0.after_unreadable_frame
+    }
+
     /// Whether the broker accepts publishes on this connection now: connected and not blocked
     /// by a resource alarm.
     pub fn can_publish(&self) -> bool {
@@ -139,6 +150,7 @@ impl Session {
             generation: self.0.generation,
             endpoint: self.0.endpoint.clone(),
             address: self.0.address,
+            after_unreadable_frame: self.0.after_unreadable_frame,
         }))
     }
 }
@@ -232,10 +244,11 @@ impl Supervisor {
         let mut backoff = BACKOFF_MIN;
         let mut down_since: Option<Instant> = None;
         let mut warned: Option<Instant> = None;
+        let mut after_unreadable_frame = false;
         loop {
             let connected = tokio::select! {
                 () = self.shutdown.cancelled() => break,
-                connected = self.connect() => connected,
+                connected = self.connect(after_unreadable_frame) => connected,
             };
             match connected {
                 Ok(session) => {
@@ -254,7 +267,8 @@ impl Supervisor {
                             close(&session.0.connection).await;
                             break;
                         }
-                        Ended::Lost(session) => {
+                        Ended::Lost(session, unreadable_frame) => {
+                            after_unreadable_frame = unreadable_frame;
                             down_since = Some(Instant::now());
                             // The node that just failed is tried last.
                             self.next = (session.0.address + 1) % self.config.addresses().len();
@@ -288,12 +302,12 @@ impl Supervisor {
     /// Connects to the first node that answers, starting at `self.next`, declares the topology
     /// and opens the publisher channel. A topology error ends the round: every node of a
     /// cluster would say the same.
-    async fn connect(&self) -> Result<Session, LinkError> {
+    async fn connect(&self, after_unreadable_frame: bool) -> Result<Session, LinkError> {
         let count = self.config.addresses().len();
         let mut last = None;
         for offset in 0..count {
             let address = (self.next + offset) % count;
-            match self.connect_to(address).await {
+            match self.connect_to(address, after_unreadable_frame).await {
                 Ok(session) => return Ok(session),
                 Err(error @ LinkError::Topology(_)) => return Err(error),
                 Err(error) => {
@@ -305,7 +319,11 @@ impl Supervisor {
         Err(last.expect("there is at least one broker address"))
     }
 
-    async fn connect_to(&self, address: usize) -> Result<Session, LinkError> {
+    async fn connect_to(
+        &self,
+        address: usize,
+        after_unreadable_frame: bool,
+    ) -> Result<Session, LinkError> {
         let url = &self.config.addresses()[address];
         let connection = Arc::new(open(&self.config, url, &self.connection_name).await?);
         match bounded(&self.config, url, self.set_up(&connection, url)).await {
@@ -315,6 +333,7 @@ impl Supervisor {
                 connection,
                 generation: self.generation + 1,
                 address,
+                after_unreadable_frame,
             }))),
             Err(error) => {
                 abandon(connection);
@@ -372,21 +391,38 @@ impl Supervisor {
         let mut blocked = session.0.connection.status().blocked();
         let mut ticker = tokio::time::interval(POLL_INTERVAL);
         let mut replaced = Instant::now();
+        let mut failure = None;
         loop {
             tokio::select! {
                 () = self.shutdown.cancelled() => return Ended::Shutdown(session),
                 event = events.next() => {
-                    if let Some(Event::Error(error)) = &event {
-                        debug!(%error, "The broker connection failed.");
+                    if let Some(Event::Error(error)) = event {
+                        failure = Some(error);
                     }
                 }
                 _ = ticker.tick() => {}
             }
             let status = session.0.connection.status();
             if !status.connected() {
-                warn!(endpoint = %session.0.endpoint, "Broker connection lost; reconnecting.");
+                let unreadable = failure
+                    .as_ref()
+                    .is_some_and(|error| matches!(error.kind(), lapin::ErrorKind::ParsingError(_)));
+                // lapin's own logs are off: this is the one line a failed connection gets.
+                let error = failure.map_or_else(|| "closed".to_owned(), |error| one_line(&error));
+                if unreadable {
+                    warn!(
+                        endpoint = %session.0.endpoint,
+                        %error,
+                        "The broker sent a message the AMQP library cannot read; reconnecting. \
+                         Consumers take one delivery at a time until one arrives intact. The \
+                         message reaches its dead-letter queue after topology.delivery_limit \
+                         such drops, without a jobpipe failure record."
+                    );
+                } else {
+                    warn!(endpoint = %session.0.endpoint, %error, "Broker connection lost; reconnecting.");
+                }
                 self.state.send_replace(LinkState::Down(None));
-                return Ended::Lost(session);
+                return Ended::Lost(session, unreadable);
             }
             if status.blocked() != blocked {
                 blocked = status.blocked();
@@ -397,63 +433,77 @@ impl Supervisor {
                 }
                 self.state.send_replace(LinkState::Up(session.clone()));
             }
-            if session.publisher().is_closed() {
-                // The broker closed the channel itself (a deleted exchange, a refused message):
-                // without a new one every publish would fail while the link looks up. Declaring
-                // again restores what an operator may have deleted.
-                let url = &self.config.addresses()[session.0.address];
-                match bounded(&self.config, url, self.set_up(&session.0.connection, url)).await {
-                    Ok(publisher) => {
-                        warn!("The broker closed the publisher channel; opened another.");
-                        session = session.with_publisher(publisher);
-                        replaced = Instant::now();
-                        self.state.send_replace(LinkState::Up(session.clone()));
-                    }
-                    Err(error) => {
-                        warn!(%error, "Cannot reopen the publisher channel; reconnecting.");
-                        self.state.send_replace(LinkState::Down(None));
-                        return Ended::Lost(session);
-                    }
-                }
+            // The broker closed the channel itself (a deleted exchange, a refused message):
+            // without a new one every publish would fail while the link looks up; declaring
+            // again restores what an operator may have deleted. Or a publish was refused or
+            // unconfirmed, which may be the channel's own fault (see `Publisher::is_suspect`):
+            // a fresh channel costs a round trip, and at most one a second, since a full queue
+            // refuses the new one too.
+            let why = if session.publisher().is_closed() {
+                Replace::Closed
             } else if session.publisher().is_suspect()
                 && replaced.elapsed() >= SUSPECT_REPLACE_EVERY
             {
-                // A refusal or a missing confirm may be the channel's own fault (see
-                // `Publisher::is_suspect`): a fresh channel costs one round trip. A full queue
-                // refuses the new one too, so at most one a second.
-                let url = &self.config.addresses()[session.0.address];
-                match bounded(
-                    &self.config,
-                    url,
-                    self.open_publisher(&session.0.connection, url),
-                )
-                .await
-                {
-                    Ok(publisher) => {
-                        debug!(
-                            "A publish was refused or unconfirmed; replaced the publisher channel."
-                        );
-                        session = session.with_publisher(publisher);
-                        replaced = Instant::now();
-                        self.state.send_replace(LinkState::Up(session.clone()));
+                Replace::Suspect
+            } else {
+                continue;
+            };
+            let url = &self.config.addresses()[session.0.address];
+            let connection = &session.0.connection;
+            let opened = bounded(&self.config, url, async {
+                match why {
+                    Replace::Closed => self.set_up(connection, url).await,
+                    Replace::Suspect => self.open_publisher(connection, url).await,
+                }
+            })
+            .await;
+            match opened {
+                Ok(publisher) => {
+                    match why {
+                        Replace::Closed => {
+                            warn!("The broker closed the publisher channel; opened another.");
+                        }
+                        Replace::Suspect => debug!("Replaced a suspect publisher channel."),
                     }
-                    Err(error) => {
-                        warn!(%error, "Cannot replace the publisher channel; reconnecting.");
-                        self.state.send_replace(LinkState::Down(None));
-                        return Ended::Lost(session);
-                    }
+                    session = session.with_publisher(publisher);
+                    replaced = Instant::now();
+                    self.state.send_replace(LinkState::Up(session.clone()));
+                }
+                Err(error) => {
+                    warn!(%error, "Cannot replace the publisher channel; reconnecting.");
+                    self.state.send_replace(LinkState::Down(None));
+                    return Ended::Lost(session, false);
                 }
             }
         }
     }
 }
 
+/// Why the publisher channel is replaced.
+#[derive(Debug, Clone, Copy)]
+enum Replace {
+    /// The broker closed it.
+    Closed,
+    /// A publish on it was nacked or unconfirmed.
+    Suspect,
+}
+
 /// How supervising a connection ended.
 enum Ended {
     /// Shutdown: close the connection.
     Shutdown(Session),
-    /// The connection failed or was given up on: connect afresh.
-    Lost(Session),
+    /// The connection failed or was given up on: connect afresh. `true` when it failed on a frame
+    /// lapin could not read.
+    Lost(Session, bool),
+}
+
+/// An error's text on one line (the parser's context list spans several).
+fn one_line(error: &lapin::Error) -> String {
+    error
+        .to_string()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Lets go of a connection that failed or was given up on; one still open is closed in the

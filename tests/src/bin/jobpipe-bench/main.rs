@@ -12,7 +12,6 @@
 mod baseline;
 mod load;
 mod pipeline;
-mod procstat;
 mod report;
 
 use clap::Parser;

@@ -2,11 +2,12 @@
 //! binaries as processes, with the consumers' per-job log events telling the benchmark when
 //! each job's handler started.
 
-use crate::{Options, procstat};
+use crate::Options;
 use jobpipe_tests::{
     broker::{TestTopology, amqp_url},
     eventually, http_get,
     process::{Service, free_port},
+    procstat,
 };
 use std::{
     collections::HashMap,

@@ -1,0 +1,252 @@
+//! What the gRPC port admits before any service sees a request: gRPC only (a `POST` with an
+//! `application/grpc` content type; anything else gets HTTP 405 or 415, as the gRPC spec asks),
+//! at most `grpc.max_concurrent_calls` calls at once (health checks aside, so probes answer
+//! under load; one more gets `RESOURCE_EXHAUSTED`), each finished within `grpc.request_timeout`
+//! (a client that stops sending its request gets `DEADLINE_EXCEEDED` and its buffer is freed),
+//! and one message per call to `JobService`, whose calls are all unary (a second is `INTERNAL`,
+//! as for any request that is not well-formed gRPC).
+
+use bytes::{Buf, Bytes};
+use http_body::{Body, Frame};
+use std::{
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+use tokio::sync::Semaphore;
+use tonic::{
+    Status,
+    codegen::{BoxFuture, Service, http},
+};
+use tower::Layer;
+
+/// The path prefix of the job service, whose calls are unary.
+const JOB_SERVICE: &str = "/jobpipe.v1.JobService/";
+/// The path prefix of gRPC health, never refused for load.
+const HEALTH: &str = "/grpc.health.v1.Health/";
+
+/// Admission for every service of the gRPC server.
+#[derive(Debug, Clone)]
+pub(crate) struct AdmissionLayer {
+    calls: Arc<Semaphore>,
+    timeout: Duration,
+}
+
+impl AdmissionLayer {
+    /// At most `max_calls` at once, each within `timeout`.
+    pub(crate) fn new(max_calls: usize, timeout: Duration) -> Self {
+        Self {
+            calls: Arc::new(Semaphore::new(max_calls)),
+            timeout,
+        }
+    }
+}
+
+impl<S> Layer<S> for AdmissionLayer {
+    type Service = Admission<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Admission {
+            inner,
+            calls: self.calls.clone(),
+            timeout: self.timeout,
+        }
+    }
+}
+
+/// The service [`AdmissionLayer`] makes.
+#[derive(Debug, Clone)]
+pub(crate) struct Admission<S> {
+    inner: S,
+    calls: Arc<Semaphore>,
+    timeout: Duration,
+}
+
+type Request = http::Request<tonic::body::Body>;
+type Response = http::Response<tonic::body::Body>;
+
+impl<S> Service<Request> for Admission<S>
+where
+    S: Service<Request, Response = Response> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = BoxFuture<Response, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        if request.method() != http::Method::POST {
+            return answer(http_status(http::StatusCode::METHOD_NOT_ALLOWED));
+        }
+        let grpc = request
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .is_some_and(|value| value.starts_with("application/grpc"));
+        if !grpc {
+            return answer(http_status(http::StatusCode::UNSUPPORTED_MEDIA_TYPE));
+        }
+        let path = request.uri().path();
+        let permit = if path.starts_with(HEALTH) {
+            None
+        } else {
+            match self.calls.clone().try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    let status = Status::resource_exhausted(
+                        "too many calls in flight (grpc.max_concurrent_calls); retry later",
+                    );
+                    return answer(status.into_http());
+                }
+            }
+        };
+        let request = if path.starts_with(JOB_SERVICE) {
+            request.map(|body| tonic::body::Body::new(OneMessage::new(body)))
+        } else {
+            request
+        };
+        // The service polled ready is `self.inner`; the clone takes its place for next time.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let timeout = self.timeout;
+        Box::pin(async move {
+            let answered = tokio::time::timeout(timeout, inner.call(request)).await;
+            drop(permit);
+            answered.unwrap_or_else(|_| {
+                Ok(Status::deadline_exceeded(
+                    "the call did not complete within grpc.request_timeout",
+                )
+                .into_http())
+            })
+        })
+    }
+}
+
+fn answer<E: Send + 'static>(response: Response) -> BoxFuture<Response, E> {
+    Box::pin(std::future::ready(Ok(response)))
+}
+
+fn http_status(status: http::StatusCode) -> Response {
+    let mut response = http::Response::new(tonic::body::Body::default());
+    *response.status_mut() = status;
+    response
+}
+
+/// A request body that carries exactly one length-prefixed gRPC message: data past the end of the
+/// first fails the call instead of being ignored.
+struct OneMessage {
+    inner: tonic::body::Body,
+    /// The message's 5-byte prefix as it arrives (compression flag, big-endian length).
+    prefix: Vec<u8>,
+    /// Bytes of the message body still expected once the prefix is complete.
+    remaining: Option<u64>,
+}
+
+impl OneMessage {
+    fn new(inner: tonic::body::Body) -> Self {
+        Self {
+            inner,
+            prefix: Vec::with_capacity(5),
+            remaining: None,
+        }
+    }
+
+    /// Accounts for `data`; `false` when it runs past the first message.
+    fn take(&mut self, mut data: &[u8]) -> bool {
+        while !data.is_empty() {
+            match self.remaining {
+                None => {
+                    let wanted = 5 - self.prefix.len();
+                    let (head, rest) = data.split_at(wanted.min(data.len()));
+                    self.prefix.extend_from_slice(head);
+                    data = rest;
+                    if self.prefix.len() == 5 {
+                        let length = [
+                            self.prefix[1],
+                            self.prefix[2],
+                            self.prefix[3],
+                            self.prefix[4],
+                        ];
+                        self.remaining = Some(u32::from_be_bytes(length).into());
+                    }
+                }
+                Some(remaining) => {
+                    let len = u64::try_from(data.len()).unwrap_or(u64::MAX);
+                    if len > remaining {
+                        return false;
+                    }
+                    self.remaining = Some(remaining - len);
+                    data = &[];
+                }
+            }
+        }
+        true
+    }
+}
+
+impl Body for OneMessage {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => frame,
+            other => return other,
+        };
+        if let Some(data) = frame.data_ref()
+            && !self.take(data.chunk())
+        {
+            return Poll::Ready(Some(Err(Status::internal(
+                "protocol error: a unary call carries exactly one message",
+            ))));
+        }
+        Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(len: u32) -> Vec<u8> {
+        let mut bytes = vec![0];
+        bytes.extend_from_slice(&len.to_be_bytes());
+        bytes.extend(std::iter::repeat_n(7, len as usize));
+        bytes
+    }
+
+    #[test]
+    fn one_message_in_any_chunks_passes_and_a_second_fails() {
+        let one = message(10);
+        for split in 0..one.len() {
+            let mut body = OneMessage::new(tonic::body::Body::default());
+            assert!(
+                body.take(&one[..split]) && body.take(&one[split..]),
+                "{split}"
+            );
+        }
+        let mut two = message(3);
+        two.extend(message(3));
+        let mut body = OneMessage::new(tonic::body::Body::default());
+        assert!(!body.take(&two));
+        let mut body = OneMessage::new(tonic::body::Body::default());
+        assert!(body.take(&message(0)) && !body.take(&[0]));
+    }
+}
