@@ -2,6 +2,7 @@
 //! successes, retries with growing backoff, dead letters, and a scheduled job arriving late.
 //! Progress comes from the consumers' `/metrics`, so the CLI needs nothing but gRPC and HTTP.
 
+use crate::target::Target;
 use anyhow::Context;
 use clap::Args;
 use jobpipe_proto::v1::{JobSpec, SubmitJobsRequest, job_service_client::JobServiceClient};
@@ -96,12 +97,10 @@ const WORKLOAD: &[Jobs] = &[
 ];
 
 /// Submits the workload and follows it until every job has finished.
-pub(crate) async fn run(addr: &str, args: DemoArgs) -> anyhow::Result<ExitCode> {
-    let mut client = JobServiceClient::connect(addr.to_owned())
-        .await
-        .with_context(|| format!("cannot reach the producer at {addr}"))?;
+pub(crate) async fn run(target: &Target, args: DemoArgs) -> anyhow::Result<ExitCode> {
+    let mut client = JobServiceClient::new(target.connect().await?);
     let before = tally(&args.consumers).await?;
-    println!("Submitting:");
+    out!("Submitting:");
     for jobs in WORKLOAD {
         let spec = JobSpec {
             r#type: jobs.job_type.into(),
@@ -135,7 +134,7 @@ pub(crate) async fn run(addr: &str, args: DemoArgs) -> anyhow::Result<ExitCode> 
             copies,
             ..
         } = jobs;
-        println!("  {copies:>2} × {job_type:<5} {payload:<10} {label}");
+        out!("  {copies:>2} × {job_type:<5} {payload:<10} {label}");
     }
     let expected = |dead: bool| -> usize {
         WORKLOAD
@@ -145,7 +144,7 @@ pub(crate) async fn run(addr: &str, args: DemoArgs) -> anyhow::Result<ExitCode> 
             .sum()
     };
     let (succeed, dead) = (expected(false), expected(true));
-    println!(
+    out!(
         "\nAll {} jobs confirmed by the broker. Following the consumers:",
         succeed + dead
     );
@@ -165,17 +164,17 @@ pub(crate) async fn run(addr: &str, args: DemoArgs) -> anyhow::Result<ExitCode> 
         );
         // A terminal gets one line redrawn in place; a pipe gets a line per change.
         if live {
-            print!("\r{line}");
+            write!(std::io::stdout().lock(), "\r{line}")?;
             std::io::stdout().flush()?;
         } else if shown != Some(counts) {
-            println!("{line}");
+            out!("{line}");
         }
         shown = Some(counts);
         if counts[0] >= succeed as f64 && counts[2] >= dead as f64 {
             break;
         }
         if started.elapsed() > args.timeout {
-            println!(
+            out!(
                 "\nGave up after {:?}: are the consumers running?",
                 args.timeout
             );
@@ -183,14 +182,12 @@ pub(crate) async fn run(addr: &str, args: DemoArgs) -> anyhow::Result<ExitCode> 
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    println!(
+    out!(
         "\n\nDone. The retried jobs waited 1 s, then 2 s (exponential backoff through the delay \
          ladder; `make run` turns the jitter off to show it);"
     );
-    println!(
-        "the {dead} failed jobs are in the dead-letter queue with their whole failure history:"
-    );
-    println!("  rabbitmqctl list_queues name messages | grep dead");
+    out!("the {dead} failed jobs are in the dead-letter queue with their whole failure history:");
+    out!("  rabbitmqctl list_queues name messages | grep dead");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -1,8 +1,19 @@
 //! `jobpipe`: submit jobs to a jobpipe producer and check on it, from a terminal.
 
+/// `println!` that returns the error instead of panicking when standard output is gone (a
+/// closed pipe: `jobpipe submit --count 1000 | head`).
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)?
+    }};
+}
+
 mod demo;
 mod health;
+mod permissions;
 mod submit;
+mod target;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -11,14 +22,8 @@ use std::process::ExitCode;
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Cli {
-    /// The producer's gRPC address.
-    #[arg(
-        long,
-        env = "JOBPIPE_ADDR",
-        default_value = "http://127.0.0.1:50051",
-        global = true
-    )]
-    addr: String,
+    #[command(flatten)]
+    target: target::Target,
     #[command(subcommand)]
     command: Command,
 }
@@ -31,15 +36,19 @@ enum Command {
     Health,
     /// Submit a small mixed workload and follow it live through the consumers' metrics.
     Demo(demo::DemoArgs),
+    /// Print the `rabbitmqctl set_permissions` commands giving each broker user of an
+    /// installation exactly what it needs.
+    BrokerPermissions(permissions::PermissionsArgs),
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
-        Command::Submit(args) => submit::run(&cli.addr, *args).await,
-        Command::Health => health::run(&cli.addr).await,
-        Command::Demo(args) => demo::run(&cli.addr, args).await,
+        Command::Submit(args) => submit::run(&cli.target, *args).await,
+        Command::Health => health::run(&cli.target).await,
+        Command::Demo(args) => demo::run(&cli.target, args).await,
+        Command::BrokerPermissions(args) => permissions::run(&args),
     };
     match outcome {
         Ok(code) => code,

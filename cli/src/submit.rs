@@ -1,12 +1,13 @@
 //! `jobpipe submit`: one job, or many copies of it sent as pipelined batches.
 
+use crate::target::{Grpc, Target};
 use anyhow::{Context, bail};
 use clap::Args;
 use jobpipe_proto::v1::{
     JobSpec, SubmitJobRequest, SubmitJobsRequest, job_service_client::JobServiceClient,
 };
 use std::{collections::HashMap, path::PathBuf, process::ExitCode, time::Instant};
-use tonic::{Code, transport::Channel};
+use tonic::Code;
 
 /// Jobs per SubmitJobs call when `--count` asks for many (the producer's default limit).
 const BATCH: usize = 1000;
@@ -49,10 +50,8 @@ pub(crate) struct SubmitArgs {
 }
 
 /// Submits and prints the job ids; exits non-zero if any job was refused.
-pub(crate) async fn run(addr: &str, args: SubmitArgs) -> anyhow::Result<ExitCode> {
-    let mut client = JobServiceClient::connect(addr.to_owned())
-        .await
-        .with_context(|| format!("cannot reach the producer at {addr}"))?;
+pub(crate) async fn run(target: &Target, args: SubmitArgs) -> anyhow::Result<ExitCode> {
+    let mut client = JobServiceClient::new(target.connect().await?);
     let spec = spec(&args)?;
     if args.count <= 1 {
         return submit_one(&mut client, spec).await;
@@ -61,7 +60,7 @@ pub(crate) async fn run(addr: &str, args: SubmitArgs) -> anyhow::Result<ExitCode
 }
 
 async fn submit_one(
-    client: &mut JobServiceClient<Channel>,
+    client: &mut JobServiceClient<Grpc>,
     spec: JobSpec,
 ) -> anyhow::Result<ExitCode> {
     match client
@@ -69,7 +68,7 @@ async fn submit_one(
         .await
     {
         Ok(response) => {
-            println!("{}", response.into_inner().job_id);
+            out!("{}", response.into_inner().job_id);
             Ok(ExitCode::SUCCESS)
         }
         Err(status) => {
@@ -80,7 +79,7 @@ async fn submit_one(
 }
 
 async fn submit_many(
-    client: &mut JobServiceClient<Channel>,
+    client: &mut JobServiceClient<Grpc>,
     spec: JobSpec,
     count: usize,
 ) -> anyhow::Result<ExitCode> {
@@ -106,7 +105,7 @@ async fn submit_many(
         for result in results {
             if result.code == Code::Ok as i32 {
                 confirmed += 1;
-                println!("{}", result.job_id);
+                out!("{}", result.job_id);
             } else {
                 refused += 1;
                 eprintln!(

@@ -41,7 +41,7 @@ use crate::{
 };
 use jobpipe_runtime::{
     admin::Admin,
-    amqp::LinkError,
+    amqp::{AccessRefused, LinkError, Publishes},
     base::{BaseConfig, ServiceBase},
 };
 use prometheus_client::registry::Registry;
@@ -68,9 +68,13 @@ pub enum ConsumerError {
         #[from]
         error: RetryPolicyError,
     },
-    /// The broker's objects disagree with the configuration: a restart will not help.
-    #[error("topology: {0}")]
-    Topology(Arc<LinkError>),
+    /// The broker refuses this service's setup (its objects disagree with the configuration, or
+    /// the user lacks a permission): a restart will not help.
+    #[error("broker: {0}")]
+    Broker(Arc<LinkError>),
+    /// The broker refused to let this consumer's user read one of its queues.
+    #[error("cannot consume: {0}")]
+    AccessRefused(AccessRefused),
 }
 
 /// A consumer with its admin port bound, ready to run.
@@ -122,6 +126,7 @@ impl Consumer {
                 service: "jobpipe-consumer",
                 amqp: &config.amqp,
                 topology: &config.topology,
+                publishes: Publishes::Failures,
                 metrics: &config.metrics,
             },
             instance.clone(),
@@ -154,14 +159,18 @@ impl Consumer {
         }
         info!(queues = ?config.topology.queues, "Consumer started.");
 
-        let outcome = tokio::select! {
-            fatal = base.link.wait_first_up() => match fatal {
-                Err(error) => Err(ConsumerError::Topology(error)),
+        let started = async {
+            match base.link.wait_first_up().await {
+                Err(error) => Err(ConsumerError::Broker(error)),
                 Ok(_) => {
                     shutdown.cancelled().await;
                     Ok(())
                 }
-            },
+            }
+        };
+        let outcome = tokio::select! {
+            outcome = started => outcome,
+            refused = first_refusal(&mut subscriptions) => Err(ConsumerError::AccessRefused(refused)),
             () = shutdown.cancelled() => Ok(()),
         };
         shutdown.cancel();
@@ -180,6 +189,16 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), ConsumerError> {
     Consumer::bind(config, handlers).await?.run(shutdown).await
+}
+
+/// The first subscription that ended because the broker refused it; pending while none did.
+async fn first_refusal(subscriptions: &mut JoinSet<Result<(), AccessRefused>>) -> AccessRefused {
+    while let Some(ended) = subscriptions.join_next().await {
+        if let Ok(Err(refused)) = ended {
+            return refused;
+        }
+    }
+    std::future::pending().await
 }
 
 /// Gives running jobs the grace period to finish.

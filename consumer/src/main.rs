@@ -41,7 +41,10 @@ fn main() -> ExitCode {
         |shutdown| jobpipe_consumer::run(config, handlers, shutdown),
     );
     process::exit_status("jobpipe-consumer", served, |error| {
-        matches!(error, ConsumerError::Topology(_))
+        matches!(
+            error,
+            ConsumerError::Broker(_) | ConsumerError::AccessRefused(_)
+        )
     })
 }
 

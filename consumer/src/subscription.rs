@@ -6,7 +6,7 @@
 use crate::{context::Context, inbound::Inbound, worker};
 use futures::StreamExt;
 use jobpipe_proto::names::QueueName;
-use jobpipe_runtime::amqp::{LinkState, Session};
+use jobpipe_runtime::amqp::{AccessRefused, LinkState, Session};
 use lapin::{
     Channel,
     options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions},
@@ -35,26 +35,33 @@ pub(crate) struct Workers {
     pub(crate) tracker: TaskTracker,
 }
 
-/// Consumes `queue` until `shutdown`, with `prefetch` deliveries in flight from the broker.
+/// Consumes `queue` until `shutdown`, with `prefetch` deliveries in flight from the broker. Ends
+/// early only if the broker refuses this consumer's user to read the queue: retrying cannot help.
 pub(crate) async fn consume(
     queue: QueueName,
     prefetch: u16,
     workers: Workers,
     shutdown: CancellationToken,
-) {
+) -> Result<(), AccessRefused> {
     let mut states = workers.ctx.link.watch();
     let tag = format!("{}/{queue}", workers.ctx.instance);
     loop {
         let Some(session) = wait_for_session(&mut states, &shutdown).await else {
-            return;
+            return Ok(());
         };
         let opened = tokio::select! {
-            () = shutdown.cancelled() => return,
+            () = shutdown.cancelled() => return Ok(()),
             opened = tokio::time::timeout(
                 STEP_TIMEOUT,
                 Subscription::open(&session, &workers.ctx, &queue, &tag, prefetch),
             ) => match opened {
-                Ok(opened) => opened.map_err(|error| error.to_string()),
+                Ok(Err(error)) => {
+                    if let Some(refused) = AccessRefused::from_error(&error, "consuming needs read access") {
+                        return Err(refused);
+                    }
+                    Err(error.to_string())
+                }
+                Ok(Ok(subscription)) => Ok(subscription),
                 Err(_elapsed) => Err("the broker did not answer in time".to_owned()),
             },
         };
@@ -63,7 +70,7 @@ pub(crate) async fn consume(
             Err(error) => {
                 warn!(%queue, %error, "Cannot subscribe; retrying.");
                 tokio::select! {
-                    () = shutdown.cancelled() => return,
+                    () = shutdown.cancelled() => return Ok(()),
                     () = tokio::time::sleep(RESUBSCRIBE_PAUSE) => continue,
                 }
             }
@@ -74,7 +81,7 @@ pub(crate) async fn consume(
             .await;
         if ended == Ended::Shutdown {
             subscription.stop().await;
-            return;
+            return Ok(());
         }
     }
 }

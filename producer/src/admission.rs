@@ -1,13 +1,20 @@
 //! What the gRPC port admits before any service sees a request: gRPC only (a `POST` with an
-//! `application/grpc` content type; anything else gets HTTP 405 or 415, as the gRPC spec asks),
-//! at most `grpc.max_concurrent_calls` calls at once (health checks aside, so probes answer
-//! under load; one more gets `RESOURCE_EXHAUSTED`), each finished within `grpc.request_timeout`
-//! (a client that stops sending its request gets `DEADLINE_EXCEEDED` and its buffer is freed),
-//! and one message per call to `JobService`, whose calls are all unary (a second is `INTERNAL`,
-//! as for any request that is not well-formed gRPC).
+//! `application/grpc` content type; anything else gets HTTP 405 or 415, as the gRPC spec asks);
+//! a caller that proves who it is and holds the role the call needs (`UNAUTHENTICATED`,
+//! `PERMISSION_DENIED` naming the role; health is open to all, for probes); at most
+//! `grpc.max_concurrent_calls` calls at once (health aside, so probes answer under load; one
+//! more gets `RESOURCE_EXHAUSTED`), each finished within `grpc.request_timeout` (a client that
+//! stops sending its request gets `DEADLINE_EXCEEDED` and its buffer is freed); and one message
+//! per call to `JobService`, whose calls are all unary (a second is `INTERNAL`, as for any
+//! request that is not well-formed gRPC). The caller's [`Identity`] rides on the request.
 
+use crate::{
+    auth::{Authenticated, Authenticator, Identity, Role, unauthenticated},
+    metrics::{ProducerMetrics, Refusal},
+};
 use bytes::{Buf, Bytes};
 use http_body::{Body, Frame};
+use jobpipe_runtime::listener::PeerInfo;
 use std::{
     pin::Pin,
     sync::Arc,
@@ -23,22 +30,34 @@ use tower::Layer;
 
 /// The path prefix of the job service, whose calls are unary.
 const JOB_SERVICE: &str = "/jobpipe.v1.JobService/";
-/// The path prefix of gRPC health, never refused for load.
+/// The path prefix of gRPC health, open to every caller and never refused for load.
 const HEALTH: &str = "/grpc.health.v1.Health/";
+/// The path prefix of server reflection (both versions).
+const REFLECTION: &str = "/grpc.reflection.";
 
 /// Admission for every service of the gRPC server.
 #[derive(Debug, Clone)]
 pub(crate) struct AdmissionLayer {
     calls: Arc<Semaphore>,
     timeout: Duration,
+    /// `None`: authentication is off, every caller holds every role.
+    authenticator: Option<Authenticator>,
+    metrics: ProducerMetrics,
 }
 
 impl AdmissionLayer {
-    /// At most `max_calls` at once, each within `timeout`.
-    pub(crate) fn new(max_calls: usize, timeout: Duration) -> Self {
+    /// At most `max_calls` at once, each within `timeout`, callers known to `authenticator`.
+    pub(crate) fn new(
+        max_calls: usize,
+        timeout: Duration,
+        authenticator: Option<Authenticator>,
+        metrics: ProducerMetrics,
+    ) -> Self {
         Self {
             calls: Arc::new(Semaphore::new(max_calls)),
             timeout,
+            authenticator,
+            metrics,
         }
     }
 }
@@ -49,8 +68,7 @@ impl<S> Layer<S> for AdmissionLayer {
     fn layer(&self, inner: S) -> Self::Service {
         Admission {
             inner,
-            calls: self.calls.clone(),
-            timeout: self.timeout,
+            layer: self.clone(),
         }
     }
 }
@@ -59,8 +77,7 @@ impl<S> Layer<S> for AdmissionLayer {
 #[derive(Debug, Clone)]
 pub(crate) struct Admission<S> {
     inner: S,
-    calls: Arc<Semaphore>,
-    timeout: Duration,
+    layer: AdmissionLayer,
 }
 
 type Request = http::Request<tonic::body::Body>;
@@ -80,8 +97,10 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request) -> Self::Future {
+    fn call(&mut self, mut request: Request) -> Self::Future {
+        let layer = &self.layer;
         if request.method() != http::Method::POST {
+            layer.metrics.refused(Refusal::NotGrpc);
             return answer(http_status(http::StatusCode::METHOD_NOT_ALLOWED));
         }
         let grpc = request
@@ -90,15 +109,30 @@ where
             .and_then(|value| value.to_str().ok())
             .is_some_and(|value| value.starts_with("application/grpc"));
         if !grpc {
+            layer.metrics.refused(Refusal::NotGrpc);
             return answer(http_status(http::StatusCode::UNSUPPORTED_MEDIA_TYPE));
         }
-        let path = request.uri().path();
-        let permit = if path.starts_with(HEALTH) {
+        let path = request.uri().path().to_owned();
+        let health = path.starts_with(HEALTH);
+        let identity = if health {
+            unauthenticated()
+        } else {
+            match layer.authorize(&request, &path) {
+                Ok(identity) => identity,
+                Err((reason, status)) => {
+                    layer.metrics.refused(reason);
+                    return answer(status.into_http());
+                }
+            }
+        };
+        request.extensions_mut().insert(identity);
+        let permit = if health {
             None
         } else {
-            match self.calls.clone().try_acquire_owned() {
+            match layer.calls.clone().try_acquire_owned() {
                 Ok(permit) => Some(permit),
                 Err(_) => {
+                    layer.metrics.refused(Refusal::TooManyCalls);
                     let status = Status::resource_exhausted(
                         "too many calls in flight (grpc.max_concurrent_calls); retry later",
                     );
@@ -114,7 +148,7 @@ where
         // The service polled ready is `self.inner`; the clone takes its place for next time.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let timeout = self.timeout;
+        let timeout = layer.timeout;
         Box::pin(async move {
             let answered = tokio::time::timeout(timeout, inner.call(request)).await;
             drop(permit);
@@ -125,6 +159,78 @@ where
                 .into_http())
             })
         })
+    }
+}
+
+impl AdmissionLayer {
+    /// Who calls, and whether they may make the call to `path`.
+    fn authorize(&self, request: &Request, path: &str) -> Result<Identity, (Refusal, Status)> {
+        let Some(authenticator) = &self.authenticator else {
+            return Ok(unauthenticated());
+        };
+        let unauthenticated = |message: &str| {
+            (
+                Refusal::Unauthenticated,
+                Status::unauthenticated(message.to_owned()),
+            )
+        };
+        let token = match request.headers().get(http::header::AUTHORIZATION) {
+            None => None,
+            Some(value) => Some(
+                value
+                    .to_str()
+                    .ok()
+                    .and_then(|value| value.strip_prefix("Bearer "))
+                    .ok_or_else(|| {
+                        unauthenticated("the authorization header must be 'Bearer <token>'")
+                    })?,
+            ),
+        };
+        let certificate = request
+            .extensions()
+            .get::<PeerInfo>()
+            .and_then(|peer| peer.certificate_name.as_deref());
+        let Authenticated::As(identity) = authenticator.authenticate(token, certificate) else {
+            return Err(unauthenticated("invalid credentials"));
+        };
+        let allowed = match required_role(path) {
+            Needs::Role(role) => identity.has(role),
+            Needs::Caller => identity.caller.is_some(),
+        };
+        if allowed {
+            return Ok(identity);
+        }
+        if identity.caller.is_none() {
+            return Err(unauthenticated("this call needs credentials"));
+        }
+        let needed = match required_role(path) {
+            Needs::Role(role) => format!("the role '{}'", role.as_str()),
+            Needs::Caller => "a listed caller".to_owned(),
+        };
+        Err((
+            Refusal::PermissionDenied,
+            Status::permission_denied(format!("caller '{}' lacks {needed}", identity.name())),
+        ))
+    }
+}
+
+/// What a call needs.
+enum Needs {
+    /// A role.
+    Role(Role),
+    /// Any caller from the callers file.
+    Caller,
+}
+
+/// The role each service needs; a service added later is the admins' until it is listed here,
+/// never open by default.
+fn required_role(path: &str) -> Needs {
+    if path.starts_with(JOB_SERVICE) {
+        Needs::Role(Role::Submit)
+    } else if path.starts_with(REFLECTION) {
+        Needs::Caller
+    } else {
+        Needs::Role(Role::Admin)
     }
 }
 
@@ -248,5 +354,30 @@ mod tests {
         assert!(!body.take(&two));
         let mut body = OneMessage::new(tonic::body::Body::default());
         assert!(body.take(&message(0)) && !body.take(&[0]));
+    }
+
+    #[test]
+    fn every_method_needs_a_role_and_unknown_ones_the_admins() {
+        let cases = [
+            ("/jobpipe.v1.JobService/SubmitJob", Some(Role::Submit)),
+            ("/jobpipe.v1.JobService/SubmitJobs", Some(Role::Submit)),
+            (
+                "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+                None,
+            ),
+            (
+                "/jobpipe.v1.OperationsService/ReplayDeadLetters",
+                Some(Role::Admin),
+            ),
+            ("/anything.Else/Method", Some(Role::Admin)),
+            ("/", Some(Role::Admin)),
+        ];
+        for (path, role) in cases {
+            let needs = match required_role(path) {
+                Needs::Role(role) => Some(role),
+                Needs::Caller => None,
+            };
+            assert_eq!(needs, role, "{path}");
+        }
     }
 }

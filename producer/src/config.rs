@@ -1,6 +1,7 @@
 //! The producer's configuration: one `Config`, loaded once by `main` (or built by a test) and
 //! passed down. Every section has defaults, so an empty file is a working local setup.
 
+use crate::auth::AuthConfig;
 use jobpipe_proto::rules;
 use jobpipe_runtime::{
     admin::AdminConfig,
@@ -8,6 +9,7 @@ use jobpipe_runtime::{
     queue_state::MetricsConfig,
     settings::{self, ConfigError, Env},
     telemetry::{LogConfig, TelemetryConfig},
+    tls::{ServerTlsConfig, TlsKeys},
 };
 use serde::Deserialize;
 use std::{net::SocketAddr, path::Path, time::Duration};
@@ -21,6 +23,8 @@ const MAX_PAYLOAD_BYTES: usize = 64 << 20;
 pub struct Config {
     /// The gRPC endpoint.
     pub grpc: GrpcConfig,
+    /// Who may call, and how they prove it.
+    pub auth: AuthConfig,
     /// The admin endpoint (`/livez`, `/readyz`, `/metrics`).
     pub admin: AdminConfig,
     /// The broker.
@@ -74,7 +78,19 @@ pub struct GrpcConfig {
     /// (HTTP/2 GOAWAY) and gives calls in flight `request_timeout` to finish.
     #[serde(with = "humantime_serde")]
     pub max_connection_age: Duration,
+    /// TLS on the gRPC port: the certificate to serve and, for mutual TLS, the CA of client
+    /// certificates. The files are read again when they change.
+    pub tls: ServerTlsConfig,
+    /// Serve server reflection (with authentication on, only to listed callers).
+    pub reflection: bool,
 }
+
+/// The configuration keys of the gRPC port's TLS settings.
+pub const GRPC_TLS_KEYS: TlsKeys = TlsKeys {
+    ca_file: "grpc.tls.client_ca_file",
+    cert_file: "grpc.tls.cert_file",
+    key_file: "grpc.tls.key_file",
+};
 
 /// Limits on what clients may submit. Each has a documented error (see the proto).
 #[derive(Debug, Clone, Deserialize)]
@@ -191,6 +207,20 @@ impl Config {
                 return invalid(key, "must be positive");
             }
         }
+        if grpc.tls.enabled() {
+            grpc.tls
+                .server_config(GRPC_TLS_KEYS, &[])
+                .map_err(|error| ConfigError::Invalid {
+                    key: error.key,
+                    reason: error.reason,
+                })?;
+        }
+        if let Some(path) = &self.auth.callers_file {
+            crate::auth::check(path).map_err(|error| ConfigError::Invalid {
+                key: "auth.callers_file",
+                reason: error.to_string(),
+            })?;
+        }
         if grpc.request_timeout <= self.amqp.confirm_timeout {
             return invalid(
                 "grpc.request_timeout",
@@ -216,6 +246,8 @@ impl Default for GrpcConfig {
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(10),
             max_connection_age: Duration::from_secs(600),
+            tls: ServerTlsConfig::default(),
+            reflection: true,
         }
     }
 }
@@ -327,6 +359,25 @@ mod tests {
                 &[("JOBPIPE__AMQP__URLS", "amqp://a:5672/one,amqp://b:5672/two")],
                 "amqp.urls",
             ),
+            (
+                &[(
+                    "JOBPIPE__AMQP__URLS",
+                    "amqps://a:5671/%2f,amqp://b:5672/%2f",
+                )],
+                "amqp.urls",
+            ),
+            (
+                &[("JOBPIPE__AMQP__TLS__CA_FILE", "/etc/hostname")],
+                "amqp.tls",
+            ),
+            (
+                &[
+                    ("JOBPIPE__AMQP__URL", "amqps://a:5671/%2f"),
+                    ("JOBPIPE__AMQP__TLS__CA_FILE", "/nonexistent/ca.pem"),
+                ],
+                "amqp.tls.ca_file",
+            ),
+            (&[("JOBPIPE__AMQP__LOGIN", "certificate")], "amqp.login"),
             (&[("JOBPIPE__AMQP__HEARTBEAT", "soon")], "amqp.heartbeat"),
             (
                 &[("JOBPIPE__JOBS__DEFAULT_MAX_ATTEMPTS", "99")],
@@ -360,7 +411,7 @@ mod tests {
             env(&[
                 (
                     "JOBPIPE__AMQP__URLS",
-                    "amqp://n1:5672/jobs,amqps://n2:5671/jobs",
+                    "amqp://n1:5672/jobs,amqp://n2:5673/jobs",
                 ),
                 ("JOBPIPE__AMQP__USERNAME", "app"),
                 ("JOBPIPE__AMQP__PASSWORD", "s3cret-pw"),
@@ -375,10 +426,7 @@ mod tests {
             .collect();
         assert_eq!(
             nodes,
-            [
-                "amqp://app:***@n1:5672/jobs",
-                "amqps://app:***@n2:5671/jobs"
-            ]
+            ["amqp://app:***@n1:5672/jobs", "amqp://app:***@n2:5673/jobs"]
         );
         let single = Config::load(None, env(&[])).unwrap();
         assert_eq!(single.amqp.addresses().len(), 1, "amqp.url alone");

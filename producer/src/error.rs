@@ -19,6 +19,15 @@ pub enum SubmitError {
         /// The rule it breaks.
         reason: String,
     },
+    /// The caller may not submit this job (its queue or type is outside what the callers file
+    /// grants it).
+    #[error("{field}: {reason}")]
+    Forbidden {
+        /// The field that decides it (`queue`, `type`).
+        field: &'static str,
+        /// The rule, naming the caller.
+        reason: String,
+    },
     /// The payload is over the configured limit.
     #[error("payload: {size} bytes is over the limit of {limit} bytes")]
     PayloadTooLarge {
@@ -41,6 +50,7 @@ impl SubmitError {
         match self {
             Self::BadRequest(_) | Self::Invalid { .. } => Code::InvalidArgument,
             Self::PayloadTooLarge { .. } => Code::ResourceExhausted,
+            Self::Forbidden { .. } => Code::PermissionDenied,
             Self::NoSuchQueue(_) => Code::FailedPrecondition,
             Self::Publish(error) => match error {
                 PublishError::Unavailable | PublishError::Blocked | PublishError::Lost => {
@@ -57,7 +67,9 @@ impl SubmitError {
     /// The message for a client, with a field path rooted at `job_path` (`job`, `jobs[3]`).
     pub fn describe(&self, job_path: &str) -> String {
         match self {
-            Self::Invalid { .. } | Self::PayloadTooLarge { .. } => format!("{job_path}.{self}"),
+            Self::Invalid { .. } | Self::PayloadTooLarge { .. } | Self::Forbidden { .. } => {
+                format!("{job_path}.{self}")
+            }
             _ => self.to_string(),
         }
     }

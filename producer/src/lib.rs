@@ -2,6 +2,7 @@
 //! confirmed them.
 //!
 //! - [`config`]: the one `Config`.
+//! - [`auth`]: callers, their credentials and roles (the callers file, followed as it changes).
 //! - `admission` (private): what the gRPC port takes before any service sees it (gRPC only,
 //!   bounded calls, each within its deadline, one message per job call).
 //! - [`submission`]: checking a client's job and filling in defaults.
@@ -12,6 +13,7 @@
 //! - [`Producer`] (here): binds the ports and runs everything until shutdown.
 
 mod admission;
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod metrics;
@@ -21,15 +23,20 @@ pub mod spans;
 pub mod submission;
 
 use crate::{
-    admission::AdmissionLayer, config::Config, metrics::ProducerMetrics, service::JobService,
+    admission::AdmissionLayer,
+    auth::Authenticator,
+    config::{Config, GRPC_TLS_KEYS},
+    metrics::ProducerMetrics,
+    service::JobService,
     submission::Rules,
 };
 use jobpipe_proto::v1::{FILE_DESCRIPTOR_SET, job_service_server::JobServiceServer};
 use jobpipe_runtime::{
     admin::Admin,
-    amqp::{LinkError, link::connection_name},
+    amqp::{LinkError, Publishes, link::connection_name},
     base::{BaseConfig, ServiceBase},
     listener::{ConnectionLimits, Listener},
+    tls::ReloadingServerConfig,
 };
 use prometheus_client::registry::Registry;
 use std::{io, net::SocketAddr, sync::Arc};
@@ -53,15 +60,22 @@ pub enum ProducerError {
         /// The OS error.
         source: io::Error,
     },
-    /// The broker's objects disagree with the configuration: a restart will not help.
-    #[error("topology: {0}")]
-    Topology(Arc<LinkError>),
+    /// The broker refuses this service's setup (its objects disagree with the configuration, or
+    /// the user lacks a permission): a restart will not help.
+    #[error("broker: {0}")]
+    Broker(Arc<LinkError>),
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
     /// The reflection service could not be built from the descriptors.
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The gRPC port's TLS files could not be loaded.
+    #[error("{0}")]
+    Tls(#[from] jobpipe_runtime::tls::TlsError),
+    /// The callers file could not be loaded.
+    #[error("auth.callers_file: {0}")]
+    Auth(#[from] auth::AuthError),
 }
 
 /// HTTP/2 streams (calls) one connection may have open at once.
@@ -133,6 +147,7 @@ impl Producer {
                 service: "jobpipe-producer",
                 amqp: &config.amqp,
                 topology: &config.topology,
+                publishes: Publishes::Jobs,
                 metrics: &config.metrics,
             },
             connection_name("jobpipe-producer"),
@@ -142,6 +157,19 @@ impl Producer {
         );
         let (reporter, health) = tonic_health::server::health_reporter();
         tokio::spawn(report_health(reporter, base.ready.clone()));
+        let tls = match config.grpc.tls.enabled() {
+            true => Some(ReloadingServerConfig::start(
+                config.grpc.tls.clone(),
+                GRPC_TLS_KEYS,
+                &[b"h2"],
+                shutdown.clone(),
+            )?),
+            false => None,
+        };
+        let authenticator = Authenticator::start(&config.auth, shutdown.clone())?;
+        if authenticator.is_none() {
+            warn!("Authentication is off (auth.callers_file is unset): every caller may submit.");
+        }
 
         let jobs = JobServiceServer::new(JobService::new(
             base.link.clone(),
@@ -149,7 +177,7 @@ impl Producer {
             config.topology.topology(),
             config.topology.queues.clone(),
             config.amqp.confirm_timeout,
-            metrics,
+            metrics.clone(),
         ))
         .max_decoding_message_size(config.max_request_bytes());
         let limits = &config.grpc;
@@ -162,19 +190,24 @@ impl Producer {
             .layer(AdmissionLayer::new(
                 limits.max_concurrent_calls,
                 limits.request_timeout,
+                authenticator,
+                metrics,
             ))
             .add_service(health)
-            .add_service(reflection_v1()?)
-            .add_service(reflection_v1alpha()?)
+            .add_optional_service(limits.reflection.then(reflection_v1).transpose()?)
+            .add_optional_service(limits.reflection.then(reflection_v1alpha).transpose()?)
             .add_service(jobs)
-            .serve_with_incoming_shutdown(grpc.into_stream(), shutdown.clone().cancelled_owned());
+            .serve_with_incoming_shutdown(
+                grpc.into_stream(tls),
+                shutdown.clone().cancelled_owned(),
+            );
         tokio::pin!(server);
         info!(grpc = %config.grpc.listen, admin = %config.admin.listen, "Producer started.");
 
         let outcome = tokio::select! {
             served = &mut server => served.map_err(ProducerError::from),
             fatal = base.link.wait_first_up() => match fatal {
-                Err(error) => Err(ProducerError::Topology(error)),
+                Err(error) => Err(ProducerError::Broker(error)),
                 Ok(_) => drain(&mut server, &shutdown, &config).await,
             },
         };

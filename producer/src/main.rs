@@ -49,7 +49,7 @@ fn main() -> ExitCode {
         |shutdown| jobpipe_producer::run(config, shutdown),
     );
     process::exit_status("jobpipe-producer", served, |error| {
-        matches!(error, ProducerError::Topology(_))
+        matches!(error, ProducerError::Broker(_))
     })
 }
 

@@ -46,6 +46,27 @@ const OTHER_QUEUE: &str = "other";
 struct RpcLabels {
     method: Method,
     code: &'static str,
+    /// The caller's name from the callers file, or `anonymous`: bounded by that file.
+    caller: String,
+}
+
+label_enum! {
+    /// Why the gRPC port refused a call before any service saw it.
+    pub enum Refusal {
+        /// Not a gRPC request (HTTP 405 or 415).
+        NotGrpc => "not_grpc",
+        /// Missing or invalid credentials.
+        Unauthenticated => "unauthenticated",
+        /// The caller lacks the role the call needs.
+        PermissionDenied => "permission_denied",
+        /// `grpc.max_concurrent_calls` calls were in flight.
+        TooManyCalls => "too_many_calls",
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusalLabels {
+    reason: Refusal,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -58,6 +79,7 @@ struct JobLabels {
 #[derive(Debug, Clone)]
 pub struct ProducerMetrics {
     rpcs: Family<RpcLabels, Counter>,
+    refused: Family<RefusalLabels, Counter>,
     /// One counter per outcome for each configured queue, resolved once so that counting a job
     /// costs no allocation.
     queues: Vec<(QueueName, Vec<Counter>)>,
@@ -88,12 +110,18 @@ impl ProducerMetrics {
                 .collect(),
             other: per_outcome(OTHER_QUEUE),
             rpcs,
+            refused: Family::default(),
             confirm_seconds: Histogram::new(latency_buckets()),
         };
         registry.register(
             "jobpipe_producer_rpcs",
-            "gRPC requests answered, by method and status code",
+            "gRPC requests answered, by method, status code and caller",
             metrics.rpcs.clone(),
+        );
+        registry.register(
+            "jobpipe_producer_calls_refused",
+            "gRPC calls refused before any service saw them, by reason",
+            metrics.refused.clone(),
         );
         registry.register(
             "jobpipe_producer_jobs",
@@ -109,13 +137,19 @@ impl ProducerMetrics {
     }
 
     /// Counts one answered RPC.
-    pub fn rpc(&self, method: Method, code: Code) {
+    pub fn rpc(&self, method: Method, code: Code, caller: &str) {
         self.rpcs
             .get_or_create(&RpcLabels {
                 method,
                 code: code_label(code),
+                caller: caller.to_owned(),
             })
             .inc();
+    }
+
+    /// Counts a call the gRPC port refused before any service saw it.
+    pub fn refused(&self, reason: Refusal) {
+        self.refused.get_or_create(&RefusalLabels { reason }).inc();
     }
 
     /// Counts one job's outcome; `queue` is `None` when the job named no valid queue.

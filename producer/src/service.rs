@@ -2,6 +2,7 @@
 //! has spoken.
 
 use crate::{
+    auth::{Identity, unauthenticated},
     error::SubmitError,
     metrics::{Method, Outcome, ProducerMetrics},
     queues::KnownQueues,
@@ -78,14 +79,17 @@ impl job_service_server::JobService for JobService {
         request: Request<SubmitJobRequest>,
     ) -> Result<Response<SubmitJobResponse>, Status> {
         let (span, caller) = spans::rpc(Method::SubmitJob, request.metadata());
+        let identity = identity(&request);
         let answer = self
             .inner
-            .submit_one(request.into_inner(), caller.as_ref())
+            .submit_one(request.into_inner(), &identity, caller.as_ref())
             .instrument(span.clone())
             .await;
         let code = answer.as_ref().map_or_else(SubmitError::code, |_| Code::Ok);
         spans::rpc_done(&span, code);
-        self.inner.metrics.rpc(Method::SubmitJob, code);
+        self.inner
+            .metrics
+            .rpc(Method::SubmitJob, code, identity.name());
         answer
             .map(|job_id| {
                 Response::new(SubmitJobResponse {
@@ -100,14 +104,17 @@ impl job_service_server::JobService for JobService {
         request: Request<SubmitJobsRequest>,
     ) -> Result<Response<SubmitJobsResponse>, Status> {
         let (span, caller) = spans::rpc(Method::SubmitJobs, request.metadata());
+        let identity = identity(&request);
         let answer = self
             .inner
-            .submit_batch(request.into_inner().jobs, caller.as_ref())
+            .submit_batch(request.into_inner().jobs, &identity, caller.as_ref())
             .instrument(span.clone())
             .await;
         let code = answer.as_ref().map_or_else(SubmitError::code, |_| Code::Ok);
         spans::rpc_done(&span, code);
-        self.inner.metrics.rpc(Method::SubmitJobs, code);
+        self.inner
+            .metrics
+            .rpc(Method::SubmitJobs, code, identity.name());
         answer
             .map(|results| Response::new(SubmitJobsResponse { results }))
             .map_err(Status::from)
@@ -118,12 +125,13 @@ impl Inner {
     async fn submit_one(
         &self,
         request: SubmitJobRequest,
+        identity: &Identity,
         caller: Option<&TraceContext>,
     ) -> Result<JobId, SubmitError> {
         let spec = request
             .job
             .ok_or_else(|| SubmitError::BadRequest("job: required".into()))?;
-        let submission = self.check(spec, SystemTime::now())?;
+        let submission = self.check(spec, identity, SystemTime::now())?;
         let session = self.session()?;
         let sent = self.send(&session, submission, caller).await?;
         self.confirm(sent).await
@@ -136,6 +144,7 @@ impl Inner {
     async fn submit_batch(
         &self,
         jobs: Vec<JobSpec>,
+        identity: &Identity,
         caller: Option<&TraceContext>,
     ) -> Result<Vec<JobResult>, SubmitError> {
         let limit = self.rules.max_batch_jobs();
@@ -149,7 +158,7 @@ impl Inner {
         let session = self.session()?;
         let now = SystemTime::now();
         let results = stream::iter(jobs)
-            .map(|spec| self.send_in_batch(&session, spec, now, caller))
+            .map(|spec| self.send_in_batch(&session, spec, identity, now, caller))
             .buffered(SEND_WINDOW)
             .enumerate()
             .map(|(index, (job_id, sent))| self.answer(index, job_id, sent))
@@ -165,11 +174,12 @@ impl Inner {
         &self,
         session: &Session,
         spec: JobSpec,
+        identity: &Identity,
         now: SystemTime,
         caller: Option<&TraceContext>,
     ) -> (String, Result<Sent, SubmitError>) {
         let client_id = spec.job_id.clone();
-        match self.check(spec, now) {
+        match self.check(spec, identity, now) {
             Ok(submission) => {
                 let job_id = submission.properties.id.to_string();
                 (job_id, self.send(session, submission, caller).await)
@@ -208,10 +218,24 @@ impl Inner {
         }
     }
 
-    fn check(&self, spec: JobSpec, now: SystemTime) -> Result<Submission, SubmitError> {
-        self.rules.check(spec, now).inspect_err(|_| {
-            self.metrics.job(None, Outcome::Invalid);
-        })
+    /// The job, checked against the rules and against what the caller may submit; the caller's
+    /// name rides on it.
+    fn check(
+        &self,
+        spec: JobSpec,
+        identity: &Identity,
+        now: SystemTime,
+    ) -> Result<Submission, SubmitError> {
+        let checked = self.rules.check(spec, now).and_then(|mut submission| {
+            let properties = &mut submission.properties;
+            if let Some((field, reason)) = identity.refuses(&submission.queue, &properties.job_type)
+            {
+                return Err(SubmitError::Forbidden { field, reason });
+            }
+            properties.submitted_by = identity.caller.as_ref().map(|caller| caller.name.clone());
+            Ok(submission)
+        });
+        checked.inspect_err(|_| self.metrics.job(None, Outcome::Invalid))
     }
 
     fn session(&self) -> Result<Session, SubmitError> {
@@ -307,6 +331,16 @@ fn outcome(published: Result<(), PublishError>) -> Outcome {
         Err(PublishError::Unavailable | PublishError::Blocked) => Outcome::Unavailable,
         Err(PublishError::Lost) => Outcome::Lost,
     }
+}
+
+/// The caller the admission layer identified (anonymous with every role when it did not run:
+/// authentication off, or a test calling the service directly).
+fn identity<T>(request: &Request<T>) -> Identity {
+    request
+        .extensions()
+        .get::<Identity>()
+        .cloned()
+        .unwrap_or_else(unauthenticated)
 }
 
 /// A job handed to the broker, awaiting its confirm.

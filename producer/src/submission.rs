@@ -87,6 +87,7 @@ impl Rules {
                 metadata: spec.metadata.into_iter().collect(),
                 // Set at publish time, from the publish span.
                 trace: None,
+                submitted_by: None,
             },
             payload: spec.payload,
         })

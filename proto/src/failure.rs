@@ -212,6 +212,7 @@ mod tests {
             due_at: from_unix_millis(1_000),
             metadata: BTreeMap::from([("tenant".into(), "acme".into())]),
             trace: None,
+            submitted_by: None,
         }
         .encode();
         let mut table = props.headers().clone().unwrap();

@@ -10,6 +10,9 @@ pub const MAX_ATTEMPTS: &str = "x-jobpipe-max-attempts";
 pub const TIMEOUT_MS: &str = "x-jobpipe-timeout-ms";
 /// When the client submitted the job, in milliseconds since the Unix epoch.
 pub const SUBMITTED_AT_MS: &str = "x-jobpipe-submitted-at";
+/// Who submitted the job: the caller's name from the producer's callers file (absent when
+/// authentication is off).
+pub const SUBMITTED_BY: &str = "x-jobpipe-submitted-by";
 /// When this attempt became due (submit time plus any delay or backoff), in milliseconds since
 /// the Unix epoch. Queue wait is measured from here.
 pub const DUE_AT_MS: &str = "x-jobpipe-due-at";

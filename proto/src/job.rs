@@ -44,6 +44,8 @@ pub struct JobProperties {
     pub metadata: BTreeMap<String, String>,
     /// The W3C trace context of the submit, so that every attempt joins the client's trace.
     pub trace: Option<TraceContext>,
+    /// Who submitted it (a caller's name), when the producer knew.
+    pub submitted_by: Option<JobType>,
 }
 
 /// A W3C trace context, as the `traceparent` and `tracestate` headers carry it.
@@ -89,6 +91,9 @@ impl JobProperties {
             integer(unix_millis(self.submitted_at)),
         );
         table.insert(headers::DUE_AT_MS.into(), integer(unix_millis(self.due_at)));
+        if let Some(caller) = &self.submitted_by {
+            table.insert(headers::SUBMITTED_BY.into(), long_string(caller.as_str()));
+        }
         if let Some(trace) = &self.trace {
             table.insert(headers::TRACEPARENT.into(), long_string(&trace.traceparent));
             if !trace.tracestate.is_empty() {
@@ -152,6 +157,13 @@ impl JobProperties {
             submitted_at,
             due_at,
             metadata: read_metadata(table)?,
+            submitted_by: text_header(table, headers::SUBMITTED_BY)
+                .map(|name| JobType::try_new(name.into_owned()))
+                .transpose()
+                .map_err(|error| DecodeError::Invalid {
+                    field: headers::SUBMITTED_BY,
+                    reason: error.to_string(),
+                })?,
             trace: text_header(table, headers::TRACEPARENT).map(|traceparent| TraceContext {
                 traceparent: traceparent.into_owned(),
                 tracestate: text_header(table, headers::TRACESTATE)
@@ -307,6 +319,7 @@ mod tests {
                 traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
                 tracestate: "vendor=1".into(),
             }),
+            submitted_by: Some(JobType::try_new("billing").unwrap()),
         }
     }
 
@@ -321,6 +334,10 @@ mod tests {
         assert_eq!(integer_header(table, headers::ATTEMPT), Ok(Some(2)));
         assert_eq!(integer_header(table, headers::TIMEOUT_MS), Ok(Some(30_000)));
         assert_eq!(text_header(table, "tenant").as_deref(), Some("acme"));
+        assert_eq!(
+            text_header(table, headers::SUBMITTED_BY).as_deref(),
+            Some("billing")
+        );
         assert_eq!(
             text_header(table, headers::TRACEPARENT).as_deref(),
             Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")

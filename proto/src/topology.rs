@@ -92,6 +92,29 @@ pub struct Queue {
     pub arguments: FieldTable,
 }
 
+/// The broker users of an installation, each allowed only what its part does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Declares the topology (a deploy job): every object of it, nothing else.
+    Topology,
+    /// Publishes submitted jobs to the jobs exchange and the delay ladder.
+    Producer,
+    /// Consumes the work queues and publishes retries and dead letters.
+    Consumer,
+}
+
+/// RabbitMQ permissions on one virtual host, as `rabbitmqctl set_permissions` takes them: a
+/// regular expression per kind of access, over object names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Permissions {
+    /// Create, change and delete objects.
+    pub configure: String,
+    /// Publish to exchanges (and bind queues or exchanges as destinations).
+    pub write: String,
+    /// Consume from queues (and bind exchanges as sources).
+    pub read: String,
+}
+
 /// A binding from an exchange to a queue or to another exchange.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Binding {
@@ -158,6 +181,42 @@ impl Topology {
     /// queue no longer exists, so they neither vanish nor stall their level.
     pub fn delay_unroutable(&self) -> String {
         format!("{}.delay.unroutable", self.prefix)
+    }
+
+    /// What `role` needs for an installation serving `queues`, and nothing more. Services that
+    /// only check the topology (`topology.declare = false`) need no configure access: a passive
+    /// declaration needs none.
+    pub fn permissions(&self, role: Role, queues: &[QueueName]) -> Permissions {
+        // Only a dot has a meaning in a regular expression among the prefix's characters.
+        let prefix = self.prefix.as_str().replace('.', r"\.");
+        let queues = queues
+            .iter()
+            .map(QueueName::as_str)
+            .collect::<Vec<_>>()
+            .join("|");
+        let none = || "^$".to_owned();
+        match role {
+            Role::Topology => {
+                let every_object = format!(
+                    r"^{prefix}\.(jobs|dead|delay\.([0-9]{{2}}|deliver|unroutable)|({queues})(\.dead)?)$"
+                );
+                Permissions {
+                    configure: every_object.clone(),
+                    write: every_object.clone(),
+                    read: every_object,
+                }
+            }
+            Role::Producer => Permissions {
+                configure: none(),
+                write: format!(r"^{prefix}\.(jobs|delay\.[0-9]{{2}})$"),
+                read: none(),
+            },
+            Role::Consumer => Permissions {
+                configure: none(),
+                write: format!(r"^{prefix}\.(dead|delay\.[0-9]{{2}})$"),
+                read: format!(r"^{prefix}\.({queues})$"),
+            },
+        }
     }
 
     /// The objects serving `queues`, declared with `options`: the jobs and dead-letter
@@ -427,5 +486,82 @@ mod tests {
         assert_eq!(args.get("x-queue-type"), Some(&text("classic")));
         assert!(!args.contains_key("x-delivery-limit"));
         assert!(!args.contains_key("x-dead-letter-strategy"));
+    }
+
+    #[test]
+    fn each_role_gets_only_its_objects() {
+        let queues = [
+            QueueName::default_queue(),
+            QueueName::try_new("emails").unwrap(),
+        ];
+        let every_object =
+            r"^jp\.(jobs|dead|delay\.([0-9]{2}|deliver|unroutable)|(default|emails)(\.dead)?)$";
+        let cases = [
+            (Role::Topology, every_object, every_object, every_object),
+            (Role::Producer, "^$", r"^jp\.(jobs|delay\.[0-9]{2})$", "^$"),
+            (
+                Role::Consumer,
+                "^$",
+                r"^jp\.(dead|delay\.[0-9]{2})$",
+                r"^jp\.(default|emails)$",
+            ),
+        ];
+        for (role, configure, write, read) in cases {
+            let expected = Permissions {
+                configure: configure.to_owned(),
+                write: write.to_owned(),
+                read: read.to_owned(),
+            };
+            assert_eq!(topology().permissions(role, &queues), expected, "{role:?}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever the prefix and queues: the topology role reaches every object and the
+        /// services exactly the ones they use, and none reaches another installation's objects
+        /// (whose prefix starts with this one's).
+        #[test]
+        fn permissions_match_exactly_the_objects_each_role_uses(
+            prefix in "[a-z0-9][a-z0-9_.-]{0,20}",
+            queues in proptest::collection::btree_set("[a-z0-9][a-z0-9_-]{0,10}", 1..4),
+        ) {
+            let topology = Topology::new(Prefix::try_new(prefix.clone()).unwrap());
+            let queues: Vec<QueueName> =
+                queues.into_iter().map(|q| QueueName::try_new(q).unwrap()).collect();
+            let plan = topology.plan(&queues, &options(QueueType::Quorum));
+            let names: Vec<String> = plan.exchanges.iter().map(|e| e.name.clone())
+                .chain(plan.queues.iter().map(|q| q.name.clone()))
+                .collect();
+            let role = |role| {
+                let Permissions { configure, write, read } = topology.permissions(role, &queues);
+                [configure, write, read].map(|pattern| regex::Regex::new(&pattern).unwrap())
+            };
+            let ([top_configure, top_write, top_read], [producer_configure, producer_write, producer_read], [consumer_configure, consumer_write, consumer_read]) =
+                (role(Role::Topology), role(Role::Producer), role(Role::Consumer));
+            let ladder = |name: &str| (0..LEVELS).any(|level| name == topology.delay_level(level));
+            let work = |name: &str| queues.iter().any(|q| name == topology.work_queue(q));
+            for name in &names {
+                for pattern in [&top_configure, &top_write, &top_read] {
+                    proptest::prop_assert!(pattern.is_match(name), "{pattern} {name}");
+                }
+                for pattern in [&producer_configure, &producer_read, &consumer_configure] {
+                    proptest::prop_assert!(!pattern.is_match(name), "{pattern} {name}");
+                }
+                let publishes_jobs = *name == topology.jobs_exchange() || ladder(name);
+                let publishes_failures = *name == topology.dead_exchange() || ladder(name);
+                proptest::prop_assert_eq!(producer_write.is_match(name), publishes_jobs);
+                proptest::prop_assert_eq!(consumer_write.is_match(name), publishes_failures);
+                proptest::prop_assert_eq!(consumer_read.is_match(name), work(name));
+            }
+            for other in [format!("{prefix}.Z"), format!("{prefix}Z")] {
+                let other = Topology::new(Prefix::try_new(other).unwrap());
+                let plan = other.plan(&queues, &options(QueueType::Quorum));
+                for name in plan.exchanges.iter().map(|e| &e.name).chain(plan.queues.iter().map(|q| &q.name)) {
+                    for pattern in [&top_configure, &producer_write, &consumer_write, &consumer_read] {
+                        proptest::prop_assert!(!pattern.is_match(name), "{pattern} {name}");
+                    }
+                }
+            }
+        }
     }
 }

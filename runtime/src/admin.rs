@@ -3,7 +3,10 @@
 //! HTTP/1.1 only, with every wait bounded: probes and scrapes are small and quick, anything slow
 //! or idle is dropped.
 
-use crate::listener::{ConnectionLimits, Listener};
+use crate::{
+    listener::{ConnectionLimits, Listener},
+    readiness::Blockers,
+};
 use axum::{
     Router,
     extract::State,
@@ -73,6 +76,8 @@ impl AdminConfig {
 pub struct AdminState {
     /// Whether the service is ready (see [`crate::readiness`]).
     pub ready: watch::Receiver<bool>,
+    /// Why, besides the broker link, it is not (printed by `/readyz`).
+    pub blockers: Blockers,
     /// The service's metrics.
     pub registry: Arc<Registry>,
 }
@@ -146,10 +151,14 @@ impl Admin {
 
 async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
     if *state.ready.borrow() {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+        return (StatusCode::OK, "ready\n".to_owned());
     }
+    let mut body = "not ready\n".to_owned();
+    for reason in state.blockers.reasons() {
+        body.push_str(&reason);
+        body.push('\n');
+    }
+    (StatusCode::SERVICE_UNAVAILABLE, body)
 }
 
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {

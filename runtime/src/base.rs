@@ -4,10 +4,10 @@
 
 use crate::{
     admin::{Admin, AdminState},
-    amqp::{AmqpConfig, Declare, Link, TopologyConfig},
+    amqp::{AmqpConfig, Declare, Link, Publishes, Routes, TopologyConfig},
     metrics::register_build_info,
     queue_state::{MetricsConfig, QueueState},
-    readiness,
+    readiness::{self, Blockers},
 };
 use prometheus_client::{metrics::gauge::Gauge, registry::Registry};
 use std::sync::Arc;
@@ -26,6 +26,8 @@ pub struct BaseConfig<'a> {
     pub amqp: &'a AmqpConfig,
     /// The topology to declare (or check) on every connect.
     pub topology: &'a TopologyConfig,
+    /// Where the service publishes: checked on every connect.
+    pub publishes: Publishes,
     /// Queue depth polling.
     pub metrics: &'a MetricsConfig,
 }
@@ -35,8 +37,10 @@ pub struct BaseConfig<'a> {
 pub struct ServiceBase {
     /// The broker link.
     pub link: Link,
-    /// `true` while the service is ready (link up, not draining).
+    /// `true` while the service is ready (link up, not draining, no blocker).
     pub ready: watch::Receiver<bool>,
+    /// What else keeps the service unready; empty until the service adds a reason.
+    pub blockers: Blockers,
     stop: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -57,6 +61,7 @@ impl ServiceBase {
             config.amqp.clone(),
             config.topology.plan(),
             Declare::from_config(config.topology.declare),
+            Routes::new(&config.topology.topology()).exchanges(config.publishes),
             connection_name,
             stop.clone(),
         );
@@ -74,9 +79,11 @@ impl ServiceBase {
             config.metrics.queue_poll_interval,
             stop.clone(),
         ));
-        let ready = readiness::track(&link, draining.clone(), connected);
+        let blockers = Blockers::default();
+        let ready = readiness::track(&link, draining.clone(), connected, &blockers);
         let state = AdminState {
             ready: ready.clone(),
+            blockers: blockers.clone(),
             registry: Arc::new(registry),
         };
         let admin = tokio::spawn({
@@ -90,6 +97,7 @@ impl ServiceBase {
         Self {
             link,
             ready,
+            blockers,
             stop,
             tasks: vec![link_task, poller, admin],
         }

@@ -7,6 +7,8 @@
 //! - [`shutdown`]: the signal that starts a drain; [`process`]: what every binary's `main` does.
 //! - [`readiness`], [`admin`], [`metrics`] and [`queue_state`]: what `/readyz`, gRPC health and
 //!   `/metrics` report; [`listener`]: accepting connections within limits, for both ports.
+//! - [`tls`]: verified TLS for the broker connection and outbound calls, and the gRPC port's
+//!   certificates, reloaded when their files change.
 //! - Logs and traces: [`telemetry`] (JSON or text logs, OTLP export) and [`propagation`] (trace
 //!   context in AMQP headers).
 //!
@@ -24,3 +26,4 @@ pub mod readiness;
 pub mod settings;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;

@@ -1,8 +1,9 @@
 //! Accepting connections without trusting the peers: at most so many open at once (one more is
 //! accepted and closed at once), a connection that sends nothing within the handshake timeout is
-//! dropped, and running out of file descriptors backs off instead of spinning. Both the gRPC and
-//! the admin port accept through here.
+//! dropped (a TLS handshake gets as long), and running out of file descriptors backs off
+//! instead of spinning. Both the gRPC and the admin port accept through here.
 
+use crate::tls::{ReloadingServerConfig, subject_common_name};
 use std::{
     future::Future,
     io,
@@ -85,12 +86,127 @@ impl Listener {
         }
     }
 
-    /// The accepted connections as a stream, for servers that take one.
-    pub fn into_stream(self) -> impl futures::Stream<Item = io::Result<Limited>> + Send {
-        futures::stream::unfold(self, |listener| async move {
-            let (connection, _) = listener.accept().await;
-            Some((Ok(connection), listener))
+    /// The accepted connections as a stream, for a server that takes one: plain, or, with `tls`,
+    /// each after its TLS handshake (done beside the accepting, within the handshake timeout, so
+    /// a slow client holds up no other).
+    pub fn into_stream(
+        self,
+        tls: Option<ReloadingServerConfig>,
+    ) -> impl futures::Stream<Item = io::Result<Connection>> + Send {
+        let (sender, receiver) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            loop {
+                let (stream, peer) = tokio::select! {
+                    () = sender.closed() => return,
+                    accepted = self.accept() => accepted,
+                };
+                let Some(tls) = &tls else {
+                    if sender.send(Ok(Connection::Plain(stream))).await.is_err() {
+                        return;
+                    }
+                    continue;
+                };
+                let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
+                let (sender, timeout) = (sender.clone(), self.limits.handshake_timeout);
+                tokio::spawn(async move {
+                    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            let _ = sender.send(Ok(Connection::Tls(Box::new(tls)))).await;
+                        }
+                        Ok(Err(error)) => debug!(%peer, %error, "TLS handshake failed."),
+                        Err(_) => debug!(%peer, "TLS handshake timed out."),
+                    }
+                });
+            }
+        });
+        futures::stream::unfold(receiver, |mut receiver| async move {
+            receiver
+                .recv()
+                .await
+                .map(|connection| (connection, receiver))
         })
+    }
+}
+
+/// An accepted connection, plain or TLS.
+#[derive(Debug)]
+pub enum Connection {
+    /// Plaintext.
+    Plain(Limited),
+    /// TLS, handshake done.
+    Tls(Box<tokio_rustls::server::TlsStream<Limited>>),
+}
+
+/// Who is at the other end of a connection, as the transport knows it: its address, and the
+/// common name of the client certificate it presented (mutual TLS). gRPC requests carry it.
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    /// The peer's address.
+    pub address: Option<SocketAddr>,
+    /// The subject common name of its verified client certificate.
+    pub certificate_name: Option<String>,
+}
+
+impl tonic::transport::server::Connected for Connection {
+    type ConnectInfo = PeerInfo;
+
+    fn connect_info(&self) -> PeerInfo {
+        match self {
+            Self::Plain(stream) => PeerInfo {
+                address: stream.stream.peer_addr().ok(),
+                certificate_name: None,
+            },
+            Self::Tls(tls) => {
+                let (stream, session) = tls.get_ref();
+                PeerInfo {
+                    address: stream.stream.peer_addr().ok(),
+                    certificate_name: session
+                        .peer_certificates()
+                        .and_then(|chain| chain.first())
+                        .and_then(subject_common_name),
+                }
+            }
+        }
+    }
+}
+
+impl AsyncRead for Connection {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
+            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Connection {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(stream) => Pin::new(stream).poll_write(cx, buf),
+            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(stream) => Pin::new(stream).poll_flush(cx),
+            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(stream) => Pin::new(stream).poll_shutdown(cx),
+            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_shutdown(cx),
+        }
     }
 }
 
@@ -129,14 +245,6 @@ impl Limited {
     /// The underlying stream.
     pub fn stream(&self) -> &TcpStream {
         &self.stream
-    }
-}
-
-impl tonic::transport::server::Connected for Limited {
-    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.stream.connect_info()
     }
 }
 

@@ -10,7 +10,8 @@ use tokio_util::sync::CancellationToken;
 
 /// Exit status for an unusable configuration (EX_USAGE).
 pub const EX_USAGE: u8 = 64;
-/// Exit status when the broker's objects disagree with the configuration (EX_CONFIG).
+/// Exit status when the broker refuses the configuration: objects that disagree with it, or a
+/// missing permission (EX_CONFIG).
 pub const EX_CONFIG: u8 = 78;
 
 /// Why a service could not start.
@@ -92,8 +93,8 @@ pub fn frame_parser_stack(frame_max: u32) -> usize {
 }
 
 /// The exit status for what [`serve`] returned, with any error printed as one line: 0 on a clean
-/// stop, [`EX_CONFIG`] when `is_config` says the broker's objects disagree with the
-/// configuration, [`EX_USAGE`] when the service could not start, 1 otherwise.
+/// stop, [`EX_CONFIG`] when `is_config` says the broker refuses the configuration (objects that
+/// disagree with it, a missing permission), [`EX_USAGE`] when the service could not start, 1 otherwise.
 pub fn exit_status<E: std::fmt::Display>(
     name: &str,
     served: Result<Result<(), E>, StartError>,

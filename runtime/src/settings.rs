@@ -64,9 +64,106 @@ pub fn load<T: DeserializeOwned>(
         .add_source(environment)
         .build()
         .and_then(Config::try_deserialize)
-        .map_err(|error| ConfigError::Load(one_line(&error.to_string())))
+        .map_err(|error| ConfigError::Load(describe(&error)))
+}
+
+/// One line naming the key and what it must be, never the value given: a password typed into
+/// the wrong key, or a TOML file with a password on a broken line, must not reach a log.
+fn describe(error: &config::ConfigError) -> String {
+    use config::ConfigError as E;
+    match error {
+        E::Type { key, expected, .. } => {
+            format!(
+                "{}: expected {expected}",
+                key.as_deref().unwrap_or("a value")
+            )
+        }
+        E::At { error, key, .. } => match key {
+            Some(key) => format!("{key}: {}", describe_inner(error)),
+            None => describe(error),
+        },
+        E::FileParse { uri, cause } => {
+            // The parser's first line says where; the lines after it quote the file.
+            let first = cause
+                .to_string()
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            format!(
+                "{}: {first}",
+                uri.as_deref().unwrap_or("the configuration file")
+            )
+        }
+        other => redact_quotes(&one_line(&other.to_string())),
+    }
+}
+
+/// [`describe`] for an error that a key already prefixes.
+fn describe_inner(error: &config::ConfigError) -> String {
+    match error {
+        config::ConfigError::Type { expected, .. } => format!("expected {expected}"),
+        other => describe(other),
+    }
+}
+
+/// The text with every quoted part replaced: serde quotes the value it could not take.
+fn redact_quotes(text: &str) -> String {
+    let mut redacted = String::with_capacity(text.len());
+    let mut quoted = false;
+    for c in text.chars() {
+        if c == '"' {
+            if !quoted {
+                redacted.push_str("\"…");
+            } else {
+                redacted.push('"');
+            }
+            quoted = !quoted;
+        } else if !quoted {
+            redacted.push(c);
+        }
+    }
+    redacted
 }
 
 fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Sample {
+        #[serde(default)]
+        port: u16,
+        #[serde(default, with = "humantime_serde")]
+        wait: std::time::Duration,
+    }
+
+    #[test]
+    fn errors_name_the_key_and_never_the_value() {
+        let secret = "hunter2-Secret";
+        for (key, value) in [("JOBPIPE__PORT", secret), ("JOBPIPE__WAIT", secret)] {
+            let env = Env::Map([(key.to_owned(), value.to_owned())].into());
+            let error = load::<Sample>(None, env, &[]).unwrap_err().to_string();
+            assert!(!error.contains("hunter2"), "{error}");
+            let named = key.trim_start_matches("JOBPIPE__").to_lowercase();
+            assert!(error.contains(&named), "{error}");
+        }
+        let dir = std::env::temp_dir().join(format!("jobpipe-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("broken.toml");
+        std::fs::write(&file, format!("port = \"{secret}\nwait = 1\n")).unwrap();
+        let error = load::<Sample>(Some(&file), Env::Map(Default::default()), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(!error.contains("hunter2"), "{error}");
+        assert!(!error.contains('\n'), "{error}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }

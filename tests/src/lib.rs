@@ -1,11 +1,12 @@
 //! The harness jobpipe's integration tests share: the real broker with a topology per test
 //! ([`broker`]), services run in-process ([`producer`], [`consumer`], both at once: [`stack`]) or as processes ([`process`]), a
 //! proxy to cut connections ([`proxy`]), throwaway RabbitMQ nodes and clusters to stop, kill and
-//! alarm ([`node`]), third-party clients ([`tools`]), a process's memory and CPU ([`procstat`]),
+//! alarm ([`node`]), certificates made for the test ([`certs`]), third-party clients ([`tools`]), a process's memory and CPU ([`procstat`]),
 //! and a real OTLP collector ([`otlp`]). Every
 //! wait is bounded by [`within`].
 
 pub mod broker;
+pub mod certs;
 pub mod consumer;
 pub mod node;
 pub mod otlp;
@@ -13,6 +14,7 @@ pub mod process;
 pub mod procstat;
 pub mod producer;
 pub mod proxy;
+pub mod secrets;
 pub mod stack;
 pub mod tools;
 

@@ -37,10 +37,11 @@ pub fn config(topology: &TestTopology) -> Config {
 }
 
 impl RunningProducer {
-    /// Starts a producer with `config` and waits until it serves.
+    /// Starts a producer with `config` and waits until it serves (its `/readyz`: the gRPC port
+    /// may want TLS or credentials).
     pub async fn start(config: Config) -> Self {
         let running = Self::spawn(config).await;
-        running.wait_for_health(ServingStatus::Serving).await;
+        crate::process::wait_ready(running.admin_addr).await;
         running
     }
 

@@ -21,7 +21,7 @@ async fn a_small_benchmark_run_accounts_for_every_job() {
     assert!(status.success(), "{text}");
     let json = text
         .lines()
-        .find(|line| line.starts_with('{'))
+        .find(|line| line.starts_with('{') && line.contains("\"phases\""))
         .unwrap_or_else(|| panic!("no JSON line in:\n{text}"));
     let report: serde_json::Value = serde_json::from_str(json).expect("valid JSON");
     let phases = report["phases"].as_array().expect("phases");

@@ -262,6 +262,7 @@ async fn unknown_types_and_unreadable_messages_are_dead_lettered_after_one_deliv
         due_at: SystemTime::now(),
         metadata: BTreeMap::new(),
         trace: None,
+        submitted_by: None,
     };
     probe.publish("", &queue, b"x", nobody.encode()).await;
     let garbled = BasicProperties::default().with_message_id("garbled-1".into());

@@ -230,11 +230,11 @@ async fn metrics_count_a_known_workload_exactly_and_pass_promtool() {
     let producer_metrics = producer.admin_get("/metrics").await.1;
     let producer_expected = [
         (
-            r#"jobpipe_producer_rpcs_total{method="SubmitJob",code="OK"}"#,
+            r#"jobpipe_producer_rpcs_total{method="SubmitJob",code="OK",caller="anonymous"}"#,
             5.0,
         ),
         (
-            r#"jobpipe_producer_rpcs_total{method="SubmitJob",code="INVALID_ARGUMENT"}"#,
+            r#"jobpipe_producer_rpcs_total{method="SubmitJob",code="INVALID_ARGUMENT",caller="anonymous"}"#,
             1.0,
         ),
         (

@@ -1,12 +1,15 @@
 //! Broker settings both services share: where the broker is, how the link is supervised, and how
 //! the topology is named and declared.
 
-use crate::settings::ConfigError;
+use crate::{
+    settings::ConfigError,
+    tls::{ClientTlsConfig, TlsKeys},
+};
 use jobpipe_proto::{
     names::{Prefix, QueueName},
     topology::{Plan, QueueOptions, QueueType, Topology},
 };
-use lapin::uri::AMQPUri;
+use lapin::uri::{AMQPScheme, AMQPUri, SASLMechanism};
 use serde::Deserialize;
 use std::{fmt, path::PathBuf, str::FromStr, time::Duration};
 
@@ -34,6 +37,12 @@ pub struct AmqpConfig {
     /// A file holding the password (a mounted Secret), read at start; a trailing newline is
     /// ignored. Wins over `password`.
     pub password_file: Option<PathBuf>,
+    /// How the service logs in: with the password, or (`external`) with its TLS client
+    /// certificate, RabbitMQ's `EXTERNAL` mechanism (the `rabbitmq_auth_mechanism_ssl` plugin).
+    pub login: Login,
+    /// TLS for `amqps://` URLs: the CA to trust (default: the system's roots), a client
+    /// certificate, the name to verify. Set for a plain `amqp://` URL, it is refused.
+    pub tls: ClientTlsConfig,
     /// AMQP heartbeat: a dead link is noticed within about two of these.
     #[serde(with = "humantime_serde")]
     pub heartbeat: Duration,
@@ -62,6 +71,8 @@ impl Default for AmqpConfig {
             username: String::new(),
             password: Secret::default(),
             password_file: None,
+            login: Login::Password,
+            tls: ClientTlsConfig::default(),
             heartbeat: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
             confirm_timeout: Duration::from_secs(10),
@@ -101,6 +112,35 @@ impl AmqpConfig {
         {
             return invalid("amqp.urls", "every node must name the same vhost");
         }
+        let encrypted = self
+            .addresses()
+            .iter()
+            .map(|url| url.0.scheme == AMQPScheme::AMQPS);
+        let encrypted: Vec<bool> = encrypted.collect();
+        if encrypted.iter().any(|tls| *tls) {
+            if encrypted.iter().any(|tls| !tls) {
+                return invalid("amqp.urls", "every node must use amqps:// when one does");
+            }
+            self.tls
+                .client_config(TLS_KEYS)
+                .map_err(|error| ConfigError::Invalid {
+                    key: error.key,
+                    reason: error.reason,
+                })?;
+        } else if self.tls != ClientTlsConfig::default() {
+            return invalid(
+                "amqp.tls",
+                "is set, but the broker URL is not amqps://: use amqps:// (TLS is never skipped)",
+            );
+        }
+        if self.login == Login::Certificate
+            && (self.tls.cert_file.is_none() || !encrypted.iter().any(|tls| *tls))
+        {
+            return invalid(
+                "amqp.login",
+                "certificate login needs an amqps:// URL and amqp.tls.cert_file",
+            );
+        }
         if self.frame_max < MIN_FRAME_MAX {
             return invalid(
                 "amqp.frame_max",
@@ -109,6 +149,18 @@ impl AmqpConfig {
             );
         }
         Ok(())
+    }
+
+    /// The URI to connect to for node `url`, with this configuration's connection settings.
+    pub(crate) fn connection_uri(&self, url: &AmqpUrl) -> AMQPUri {
+        let mut uri = url.uri().clone();
+        uri.query.heartbeat = Some(u16::try_from(self.heartbeat.as_secs()).unwrap_or(60));
+        uri.query.connection_timeout = u64::try_from(self.connect_timeout.as_millis()).ok();
+        uri.query.frame_max = Some(self.frame_max);
+        if self.login == Login::Certificate {
+            uri.query.auth_mechanism = Some(SASLMechanism::External);
+        }
+        uri
     }
 
     /// The broker nodes to connect to, in order: `urls`, or `url` alone.
@@ -159,6 +211,24 @@ impl AmqpConfig {
         }
         Ok(())
     }
+}
+
+/// The configuration keys of the broker's TLS settings.
+pub const TLS_KEYS: TlsKeys = TlsKeys {
+    ca_file: "amqp.tls.ca_file",
+    cert_file: "amqp.tls.cert_file",
+    key_file: "amqp.tls.key_file",
+};
+
+/// How a service logs in to the broker.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Login {
+    /// User name and password (`PLAIN`).
+    #[default]
+    Password,
+    /// The TLS client certificate (`EXTERNAL`): the broker takes the user from it.
+    Certificate,
 }
 
 /// A secret string: its `Debug` never shows it.
@@ -241,6 +311,11 @@ impl AmqpUrl {
     /// The parsed URI, for connecting. Never log it: lapin's types print the password.
     pub(crate) fn uri(&self) -> &AMQPUri {
         &self.0
+    }
+
+    /// Whether it asks for TLS (`amqps://`).
+    pub fn is_tls(&self) -> bool {
+        self.0.scheme == AMQPScheme::AMQPS
     }
 
     /// Host and port, for logs and messages.

@@ -9,13 +9,20 @@
 //! and held publisher confirms of a dead connection until it came back.
 
 use super::{
-    config::{AmqpConfig, AmqpUrl},
+    config::{AmqpConfig, AmqpUrl, TLS_KEYS},
     publisher::Publisher,
-    topology::{self, TopologyError},
+    topology::{self, AccessRefused, TopologyError},
 };
+use crate::tls::describe_handshake_error;
 use futures::StreamExt;
 use jobpipe_proto::topology::Plan;
-use lapin::{Channel, Connection, ConnectionProperties, Event, options::ConfirmSelectOptions};
+use lapin::{
+    Channel, Connection, ConnectionProperties, Event,
+    options::ConfirmSelectOptions,
+    tcp::{AsyncTcpStream, RustlsConnector},
+    uri::AMQPUri,
+};
+use std::io;
 use std::{sync::Arc, time::Duration};
 use tokio::{sync::watch, time::Instant};
 use tokio_util::sync::CancellationToken;
@@ -156,12 +163,14 @@ impl Session {
 }
 
 impl Link {
-    /// Starts supervising a connection that declares `plan` on every (re)connect. The returned
-    /// task ends, with the connection closed, once `shutdown` is cancelled.
+    /// Starts supervising a connection that declares `plan` on every (re)connect and checks that
+    /// it may publish to `publishes_to`. The returned task ends, with the connection closed, once
+    /// `shutdown` is cancelled.
     pub fn spawn(
         config: AmqpConfig,
         plan: Plan,
         declare: Declare,
+        publishes_to: Vec<String>,
         connection_name: String,
         shutdown: CancellationToken,
     ) -> (Self, tokio::task::JoinHandle<()>) {
@@ -169,6 +178,7 @@ impl Link {
         let supervisor = Supervisor {
             plan,
             declare,
+            publishes_to,
             connection_name,
             shutdown,
             next: config.first_address(),
@@ -207,7 +217,7 @@ impl Link {
     }
 
     /// Waits until the link is first up, or first fails for a reason a restart will not fix
-    /// (a topology mismatch). Transient connection errors are waited out. Returns `Ok(false)`
+    /// (a topology mismatch, a missing permission). Transient connection errors are waited out. Returns `Ok(false)`
     /// if the link closed first.
     pub async fn wait_first_up(&self) -> Result<bool, Arc<LinkError>> {
         let mut state = self.state.clone();
@@ -231,6 +241,8 @@ struct Supervisor {
     config: AmqpConfig,
     plan: Plan,
     declare: Declare,
+    /// The exchanges this service publishes to.
+    publishes_to: Vec<String>,
     connection_name: String,
     shutdown: CancellationToken,
     state: watch::Sender<LinkState>,
@@ -342,7 +354,8 @@ impl Supervisor {
         }
     }
 
-    /// Declares (or verifies) the topology and opens the publisher channel.
+    /// Declares (or verifies) the topology and opens the publisher channel; on the first
+    /// connection, checks the publish permissions too.
     async fn set_up(&self, connection: &Connection, url: &AmqpUrl) -> Result<Publisher, LinkError> {
         // A refused declaration closes its channel: use one of its own.
         let channel = connection
@@ -356,7 +369,42 @@ impl Supervisor {
         // The channel is closed by the broker already when a declaration was refused.
         let _ = channel.close(200, "declared".into()).await;
         declared?;
+        if self.generation == 0 {
+            self.check_publish(url).await?;
+        }
         self.open_publisher(connection, url).await
+    }
+
+    /// Checks, once at start, that this service may publish where it publishes, so that a
+    /// missing permission stops it at once instead of failing its first job. On a connection of
+    /// its own: a broker blocking publishers (a resource alarm) would block the connection that
+    /// published, consumers' acks included, until the alarm clears. If the broker does not
+    /// answer in time, the check is skipped with a warning.
+    async fn check_publish(&self, url: &AmqpUrl) -> Result<(), LinkError> {
+        let name = format!("{} (permission check)", self.connection_name);
+        let connection = Arc::new(open(&self.config, url, &name).await?);
+        let checked = tokio::time::timeout(self.config.confirm_timeout, async {
+            let channel = connection.create_channel().await?;
+            topology::check_publish(&channel, &self.publishes_to).await
+        })
+        .await;
+        abandon(connection);
+        match checked {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(
+                match AccessRefused::from_error(&error, "publishing needs write access") {
+                    Some(refused) => TopologyError::from(refused).into(),
+                    None => connect_error(url, error),
+                },
+            ),
+            Err(_elapsed) => {
+                warn!(
+                    "The broker did not confirm the publish permission check in time (is it \
+                     blocking publishers?); going on without it."
+                );
+                Ok(())
+            }
+        }
     }
 
     /// A channel in confirm mode for publishing.
@@ -517,23 +565,55 @@ fn abandon(connection: Arc<Connection>) {
 /// Opens an AMQP connection to `url` (TCP and handshake, no channel yet), under the connect and
 /// handshake deadlines.
 async fn open(config: &AmqpConfig, url: &AmqpUrl, name: &str) -> Result<Connection, LinkError> {
-    let mut uri = url.uri().clone();
-    uri.query.heartbeat = Some(u16::try_from(config.heartbeat.as_secs()).unwrap_or(60));
-    uri.query.connection_timeout = u64::try_from(config.connect_timeout.as_millis()).ok();
-    uri.query.frame_max = Some(config.frame_max);
+    let uri = config.connection_uri(url);
     // No automatic recovery: a failed connection is replaced by a new one, so a consumer never
     // receives deliveries before the link says it is up, and confirms pending on a dead
     // connection fail at once instead of waiting for a recovery.
     let properties = ConnectionProperties::default().with_connection_name(name.into());
+    let connecting = async {
+        if !url.is_tls() {
+            return Connection::connect_uri(uri, properties).await;
+        }
+        // TLS on our own terms: only the configured CA (or the system's roots), the name
+        // always verified, and no path that hands back a plain stream.
+        let tls = config
+            .tls
+            .client_config(TLS_KEYS)
+            .map_err(|error| lapin::Error::from(io::Error::other(error)))?;
+        let connector = RustlsConnector::from(tls);
+        let server_name =
+            (config.tls.server_name.clone()).unwrap_or_else(|| uri.authority.host.clone());
+        let connect_timeout = config.connect_timeout;
+        let runtime = lapin::runtime::default_runtime()?;
+        Connection::connector(
+            uri,
+            runtime,
+            async move |uri: AMQPUri, runtime| {
+                let addrs =
+                    runtime.to_socket_addrs((uri.authority.host.clone(), uri.authority.port));
+                let tcp =
+                    tokio::time::timeout(connect_timeout, AsyncTcpStream::connect(&runtime, addrs))
+                        .await
+                        .map_err(|_| {
+                            io::Error::new(io::ErrorKind::TimedOut, "TCP connect timed out")
+                        })??;
+                Ok(tcp.into_rustls(&connector, &server_name).await?)
+            },
+            properties,
+        )
+        .await
+    };
     // A handshake that hangs (the TCP side accepted, the broker never answers) must not stall
-    // the supervisor; lapin's own timeout covers only the TCP connect.
-    tokio::time::timeout(
-        config.recovery_timeout,
-        Connection::connect_uri(uri, properties),
-    )
-    .await
-    .map_err(|_| connect_error(url, "the AMQP handshake timed out"))?
-    .map_err(|error| connect_error(url, error))
+    // the supervisor.
+    tokio::time::timeout(config.recovery_timeout, connecting)
+        .await
+        .map_err(|_| connect_error(url, "the AMQP handshake timed out"))?
+        .map_err(|error| match error.kind() {
+            lapin::ErrorKind::IOError(io) if url.is_tls() => {
+                connect_error(url, describe_handshake_error(io, TLS_KEYS))
+            }
+            _ => connect_error(url, error),
+        })
 }
 
 /// Declares `plan` once on a connection of its own and closes it: for the deploy job that owns the

@@ -10,4 +10,5 @@ pub mod topology;
 pub use config::{AmqpConfig, AmqpUrl, TopologyConfig};
 pub use link::{Declare, Link, LinkError, LinkState, Session};
 pub use publisher::{Pending, PublishError, Publisher};
-pub use routes::{Route, Routes};
+pub use routes::{Publishes, Route, Routes};
+pub use topology::AccessRefused;

@@ -12,6 +12,15 @@ use lapin::types::ShortString;
 /// An exchange and a routing key.
 pub type Route = (ShortString, ShortString);
 
+/// Which of the exchanges a service publishes to: what its broker user needs write access to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Publishes {
+    /// Submitted jobs: the jobs exchange and the delay ladder (the producer).
+    Jobs,
+    /// Retries and dead letters: the delay ladder and the dead-letter exchange (consumers).
+    Failures,
+}
+
 /// The exchanges a job can be published to, named once.
 #[derive(Debug, Clone)]
 pub struct Routes {
@@ -43,6 +52,18 @@ impl Routes {
                 delay.routing_key(queue).into(),
             ),
         }
+    }
+
+    /// Every exchange a service that `publishes` this may publish to.
+    pub fn exchanges(&self, publishes: Publishes) -> Vec<String> {
+        let first = match publishes {
+            Publishes::Jobs => &self.jobs_exchange,
+            Publishes::Failures => &self.dead_exchange,
+        };
+        std::iter::once(first)
+            .chain(&self.delay_levels)
+            .map(|exchange| exchange.to_string())
+            .collect()
     }
 
     /// The route of a job given up on `queue`, to `{prefix}.{queue}.dead`.

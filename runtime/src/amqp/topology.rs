@@ -1,13 +1,54 @@
-//! Declares a topology [`Plan`] idempotently, and turns the broker's refusal of a declaration into
-//! an error that names the object and the argument that differ.
+//! Declares a topology [`Plan`] idempotently (or checks it exists), checks that this service's
+//! user may publish where the service publishes, and turns the broker's refusals into errors that
+//! name the object and the argument that differ, or the permission that is missing.
 
 use futures::future::join_all;
 use jobpipe_proto::topology::{Destination, ExchangeKind, Plan};
 use lapin::{
-    Channel,
-    options::{ExchangeBindOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
+    BasicProperties, Channel,
+    options::{
+        BasicPublishOptions, ConfirmSelectOptions, ExchangeBindOptions, ExchangeDeclareOptions,
+        QueueBindOptions, QueueDeclareOptions,
+    },
     types::FieldTable,
 };
+
+/// The routing key of the publish permission check. No binding of a jobpipe topology routes it:
+/// no queue name has a colon (the jobs, dead-letter and delivery exchanges bind queue names), and
+/// it has no dot (the ladder's patterns need one digit per level).
+const PERMISSION_CHECK_KEY: &str = "jobpipe:permission-check";
+
+/// The broker refused this service's user an operation (AMQP 403). RabbitMQ's text names the
+/// object and the user (`access to exchange 'jobpipe.jobs' in vhost '/' refused for user
+/// 'producer'`), not the permission: `needs` says which one the operation takes.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "{detail} ({needs}): grant the user the permissions its part needs (README, \"Least \
+     privilege on the broker\")"
+)]
+pub struct AccessRefused {
+    /// The broker's explanation.
+    pub detail: String,
+    /// The operation and the permission it takes: `publishing needs write access`.
+    pub needs: &'static str,
+}
+
+impl AccessRefused {
+    /// The refusal `error` carries, if it is one, of an operation that `needs` a permission.
+    pub fn from_error(error: &lapin::Error, needs: &'static str) -> Option<Self> {
+        match error.kind() {
+            lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 403 => {
+                let text = amqp.get_message().to_string();
+                let detail = text.strip_prefix("ACCESS_REFUSED - ").unwrap_or(&text);
+                Some(Self {
+                    detail: detail.to_owned(),
+                    needs,
+                })
+            }
+            _ => None,
+        }
+    }
+}
 
 /// Why the topology could not be declared.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +75,9 @@ pub enum TopologyError {
         /// The object, e.g. `queue 'jobpipe.default'`.
         object: String,
     },
+    /// This service's user may not do something the service needs.
+    #[error(transparent)]
+    AccessRefused(#[from] AccessRefused),
     /// Any other failure while declaring.
     #[error("declaring {object} failed: {reason}")]
     Declare {
@@ -65,7 +109,14 @@ pub async fn declare(channel: &Channel, plan: &Plan) -> Result<(), TopologyError
                 exchange.arguments.clone(),
             )
             .await
-            .map_err(|error| refusal(format!("exchange '{}'", exchange.name), &error))
+            .map_err(|error| {
+                refusal(
+                    format!("exchange '{}'", exchange.name),
+                    "declaring an exchange needs configure access, and write access to its \
+                     alternate exchange",
+                    &error,
+                )
+            })
     }))
     .await?;
     let durable_queue = QueueDeclareOptions {
@@ -81,7 +132,14 @@ pub async fn declare(channel: &Channel, plan: &Plan) -> Result<(), TopologyError
             )
             .await
             .map(drop)
-            .map_err(|error| refusal(format!("queue '{}'", queue.name), &error))
+            .map_err(|error| {
+                refusal(
+                    format!("queue '{}'", queue.name),
+                    "declaring a queue needs configure and read access to it, and write access \
+                     to its dead-letter exchange",
+                    &error,
+                )
+            })
     }))
     .await?;
     in_order(plan.bindings.iter().map(|binding| async move {
@@ -112,6 +170,7 @@ pub async fn declare(channel: &Channel, plan: &Plan) -> Result<(), TopologyError
         bound.map_err(|error| {
             refusal(
                 format!("binding '{}' -> {:?}", binding.source, binding.destination),
+                "binding needs read access to the source and write access to the destination",
                 &error,
             )
         })
@@ -156,6 +215,32 @@ pub async fn verify(channel: &Channel, plan: &Plan) -> Result<(), TopologyError>
     .await
 }
 
+/// Checks that this service may publish to each of `exchanges`: publishes an empty, already
+/// expired message to each, with a routing key no binding routes, and waits for the broker's
+/// confirms. `channel` is put in confirm mode, and is closed by the broker if a publish is
+/// refused ([`AccessRefused::from_error`] reads the error). A broker blocking publishers (a
+/// resource alarm) answers nothing: callers bound the wait, on a connection they can give up.
+pub async fn check_publish(channel: &Channel, exchanges: &[String]) -> Result<(), lapin::Error> {
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let published = join_all(exchanges.iter().map(|exchange| async move {
+        channel
+            .basic_publish(
+                exchange.as_str().into(),
+                PERMISSION_CHECK_KEY.into(),
+                BasicPublishOptions::default(),
+                &[],
+                BasicProperties::default().with_expiration("0".into()),
+            )
+            .await?
+            .await
+            .map(drop)
+    }))
+    .await;
+    published.into_iter().collect()
+}
+
 /// Sends a group of declarations at once and reports the first failure in plan order. They
 /// pipeline on the channel, which the broker answers in order, so a reconnect costs three round
 /// trips instead of one per object; the declarations after a refused one fail only because the
@@ -172,11 +257,14 @@ fn absence(object: String, error: &lapin::Error) -> TopologyError {
         lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 404 => {
             TopologyError::Missing { object }
         }
-        _ => refusal(object, error),
+        _ => refusal(object, "a passive declaration needs no permission", error),
     }
 }
 
-fn refusal(object: String, error: &lapin::Error) -> TopologyError {
+fn refusal(object: String, needs: &'static str, error: &lapin::Error) -> TopologyError {
+    if let Some(refused) = AccessRefused::from_error(error, needs) {
+        return refused.into();
+    }
     let text = match error.kind() {
         lapin::ErrorKind::ProtocolError(amqp) => amqp.get_message().to_string(),
         _ => error.to_string(),

@@ -194,7 +194,7 @@ async fn run(options: &Options) -> anyhow::Result<Report> {
 
     let mut expected: HashSet<String> = submitted.confirmed.clone();
     expected.extend((1..=canaries).map(|n| format!("canary-{n}")));
-    drain(&ledger, &expected, &nodes[0], &prefix).await;
+    let stranded = drain(&ledger, &expected, &nodes, &prefix).await;
     services.stop().await;
     let probe = Probe::connect_to(&nodes[0].amqp_url()).await?;
     let dead = ledger::dead_letters(&probe, &dead_queue).await;
@@ -206,6 +206,7 @@ async fn run(options: &Options) -> anyhow::Result<Report> {
     report.jobs = options.jobs + canaries;
     report.faults = injected;
     report.elapsed = started.elapsed();
+    report.stranded = stranded;
     if !report.passed() {
         // Where the missing jobs are: the run's queues as the broker sees them.
         report.queues = nodes[0]
@@ -242,28 +243,96 @@ async fn run(options: &Options) -> anyhow::Result<Report> {
 /// Waits until every expected job succeeded or was dead-lettered, by the consumers' logs, or
 /// until nothing is left to process (the broker may have dead-lettered a job on its own, and
 /// a lost job never finishes): every queue but the dead-letter ones empty, twice in a row.
-async fn drain(ledger: &Mutex<Ledger>, expected: &HashSet<String>, node: &Node, prefix: &str) {
+///
+/// When nothing moves for [`STALL`] while the broker still holds messages, the operator's runbook
+/// for RabbitMQ's stalled dead-letter workers (deploy/README.md) is applied once: the jobs
+/// waiting in a delay level are then counted as stranded, not lost. Returns how many were open
+/// then (0: no stall).
+async fn drain(
+    ledger: &Mutex<Ledger>,
+    expected: &HashSet<String>,
+    nodes: &[Node],
+    prefix: &str,
+) -> usize {
     let deadline = Instant::now() + DRAIN_LIMIT;
-    let mut idle = 0;
+    let (mut idle, mut stranded, mut step) = (0, 0, 0);
+    let mut last_change = (usize::MAX, Instant::now());
     while Instant::now() < deadline {
         let open = {
             let ledger = ledger.lock().expect("ledger lock");
             (expected.iter()).filter(|id| !ledger.settled(id)).count()
         };
         if open == 0 {
-            return;
+            break;
         }
-        idle = if pending(node, prefix).await == 0 {
-            idle + 1
-        } else {
-            0
-        };
+        let pending = pending(&nodes[0], prefix).await;
+        idle = if pending == 0 { idle + 1 } else { 0 };
         if idle == 2 {
-            return;
+            break;
+        }
+        if open != last_change.0 {
+            last_change = (open, Instant::now());
+        } else if last_change.1.elapsed() > STALL && step < 2 {
+            // The runbook in deploy/README.md, one step at a time.
+            stranded = stranded.max(open);
+            step += 1;
+            eprintln!(
+                "chaos: {open} jobs open and {pending} messages in the broker, nothing moved for \
+                 {STALL:?}: runbook step {step}"
+            );
+            if step == 1 {
+                for node in nodes {
+                    node.rabbitmqctl(&["eval", RESTART_DLX_WORKERS]).await;
+                }
+            } else {
+                restart_stalled_leaders(nodes, prefix).await;
+            }
+            last_change = (open, Instant::now());
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    stranded
 }
+
+/// The runbook's second step: restarts the RabbitMQ application on each node that leads a delay
+/// level holding messages none of which is ready or unacknowledged, so a new leader elsewhere
+/// starts a new dead-letter worker.
+async fn restart_stalled_leaders(nodes: &[Node], prefix: &str) {
+    let listed = nodes[0]
+        .rabbitmqctl(&[
+            "list_queues",
+            "name",
+            "messages",
+            "messages_ready",
+            "messages_unacknowledged",
+            "leader",
+            "--quiet",
+        ])
+        .await;
+    let mut leaders: Vec<String> = (listed.lines())
+        .map(|line| line.split('\t').collect::<Vec<_>>())
+        .filter(|row| row.len() == 5 && row[0].starts_with(prefix) && row[0].contains(".delay."))
+        .filter(|row| row[1] != "0" && row[2] == "0" && row[3] == "0")
+        .map(|row| row[4].to_owned())
+        .collect();
+    leaders.sort();
+    leaders.dedup();
+    for leader in leaders {
+        if let Some(node) = nodes.iter().find(|node| node.name() == leader) {
+            eprintln!("chaos: restarting the RabbitMQ application on {leader}");
+            node.stop_app().await;
+            node.start_app().await;
+        }
+    }
+}
+
+/// How long the drain waits without progress before it suspects a stalled dead-letter worker:
+/// longer than any retry delay plus level TTL here (1 s and 1 s).
+const STALL: Duration = Duration::from_secs(30);
+
+/// deploy/README.md's recovery for a stalled dead-letter worker: restart every
+/// at-least-once dead-letter worker on a node (each queue leader starts a fresh one at once).
+pub(crate) const RESTART_DLX_WORKERS: &str = "[exit(P, kill) || {_, P, _, _} <- supervisor:which_children(rabbit_fifo_dlx_sup), node(P) =:= node()].";
 
 /// Messages (ready or being processed) in the run's queues, dead-letter queues aside.
 async fn pending(node: &Node, prefix: &str) -> u64 {

@@ -18,6 +18,9 @@ pub(crate) struct Report {
     /// Started on a consumer killed (SIGKILL) right after, and never seen again: processed and
     /// acknowledged, the "Job finished." line lost with the process.
     pub(crate) unlogged: usize,
+    /// Jobs held by a stalled dead-letter worker (a RabbitMQ defect) until the runbook restarted
+    /// it; 0 when none stalled.
+    pub(crate) stranded: usize,
     /// Dead-lettered without being designed to fail (must be none), with jobpipe's kind or the
     /// broker's reason.
     pub(crate) healthy_dead: Vec<(String, String)>,
@@ -97,6 +100,10 @@ impl Report {
             self.unlogged.to_string(),
         );
         row(
+            "held by a stalled dead-letter worker, then run",
+            self.stranded.to_string(),
+        );
+        row(
             "dead-lettered, designed to succeed (must be 0)",
             self.healthy_dead.len().to_string(),
         );
@@ -160,6 +167,7 @@ impl Report {
             "confirmed": self.confirmed,
             "lost": self.lost.len(),
             "unlogged": self.unlogged,
+            "stranded_then_run": self.stranded,
             "healthy_dead_lettered": self.healthy_dead.len(),
             "designed_to_fail": self.designed_dead.0,
             "designed_dead_lettered": self.designed_dead.1,
