@@ -4,7 +4,7 @@
 use prost::Message;
 use std::{env, fs, path::PathBuf};
 
-const PROTOS: &[&str] = &["jobpipe/v1/jobs.proto"];
+const PROTOS: &[&str] = &["jobpipe/v1/jobs.proto", "jobpipe/v1/worker.proto"];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     for proto in PROTOS {
@@ -19,6 +19,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Payloads decode as `Bytes` slices of the request buffer: no copy per job.
     tonic_prost_build::configure()
         .bytes(".jobpipe.v1.JobSpec.payload")
+        .bytes(".jobpipe.v1.HandleRequest.payload")
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -28,6 +28,10 @@ pub(crate) struct DemoArgs {
     /// Give up waiting after this long.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "90s")]
     timeout: Duration,
+    /// Also submit `greet` jobs, for consumers that route them to a worker of their own (the
+    /// example Python HTTP worker in `make run`).
+    #[arg(long)]
+    with_worker: bool,
 }
 
 /// How long one metrics read may take.
@@ -96,12 +100,38 @@ const WORKLOAD: &[Jobs] = &[
     },
 ];
 
+/// Jobs for the example worker (`--with-worker`), which reads its payload as a name or a plan.
+const WORKER_LOAD: &[Jobs] = &[
+    Jobs {
+        label: "greeted by the Python worker",
+        job_type: "greet",
+        payload: "Ada",
+        copies: 5,
+        max_attempts: 0,
+        delay_secs: 0,
+        dead: false,
+    },
+    Jobs {
+        label: "the worker answers 503 once, then 204",
+        job_type: "greet",
+        payload: "fail:1",
+        copies: 1,
+        max_attempts: 0,
+        delay_secs: 0,
+        dead: false,
+    },
+];
+
 /// Submits the workload and follows it until every job has finished.
 pub(crate) async fn run(target: &Target, args: DemoArgs) -> anyhow::Result<ExitCode> {
     let mut client = JobServiceClient::new(target.connect().await?);
     let before = tally(&args.consumers).await?;
+    let workload: Vec<&Jobs> = WORKLOAD
+        .iter()
+        .chain(if args.with_worker { WORKER_LOAD } else { &[] })
+        .collect();
     out!("Submitting:");
-    for jobs in WORKLOAD {
+    for &jobs in &workload {
         let spec = JobSpec {
             r#type: jobs.job_type.into(),
             payload: jobs.payload.as_bytes().to_vec().into(),
@@ -137,7 +167,7 @@ pub(crate) async fn run(target: &Target, args: DemoArgs) -> anyhow::Result<ExitC
         out!("  {copies:>2} × {job_type:<5} {payload:<10} {label}");
     }
     let expected = |dead: bool| -> usize {
-        WORKLOAD
+        workload
             .iter()
             .filter(|jobs| jobs.dead == dead)
             .map(|jobs| jobs.copies)
@@ -154,14 +184,22 @@ pub(crate) async fn run(target: &Target, args: DemoArgs) -> anyhow::Result<ExitC
     loop {
         let now = delta(&tally(&args.consumers).await?, &before);
         let count = |outcome: &str| now.get(outcome).copied().unwrap_or(0.0);
-        let counts = [count("succeeded"), count("retried"), count("dead_lettered")];
-        let line = format!(
+        let counts = [
+            count("succeeded"),
+            count("retried"),
+            count("dead_lettered"),
+            count(WORKER_CALLS),
+        ];
+        let mut line = format!(
             "  [{:>4.1}s] succeeded {:>2}/{succeed}  retried {:>2}  dead-lettered {}/{dead}",
             started.elapsed().as_secs_f64(),
             counts[0],
             counts[1],
             counts[2],
         );
+        if args.with_worker {
+            line.push_str(&format!("  worker calls {:>2}", counts[3]));
+        }
         // A terminal gets one line redrawn in place; a pipe gets a line per change.
         if live {
             write!(std::io::stdout().lock(), "\r{line}")?;
@@ -191,13 +229,25 @@ pub(crate) async fn run(target: &Target, args: DemoArgs) -> anyhow::Result<ExitC
     Ok(ExitCode::SUCCESS)
 }
 
-/// Sums `jobpipe_consumer_jobs_total` by outcome over every consumer.
+/// The tally's key for calls to remote workers, whatever their outcome.
+const WORKER_CALLS: &str = "worker calls";
+
+/// Sums `jobpipe_consumer_jobs_total` by outcome over every consumer, and the calls to remote
+/// workers (`jobpipe_worker_requests_total`) under [`WORKER_CALLS`].
 async fn tally(consumers: &[String]) -> anyhow::Result<Tally> {
     let mut tally = Tally::new();
     for consumer in consumers {
         let text = http_get(consumer, "/metrics")
             .await
             .with_context(|| format!("cannot read the metrics of the consumer at {consumer}"))?;
+        for line in text
+            .lines()
+            .filter(|l| l.starts_with("jobpipe_worker_requests_total{"))
+        {
+            if let Some(Ok(value)) = line.rsplit_once(' ').map(|(_, v)| v.parse::<f64>()) {
+                *tally.entry(WORKER_CALLS.to_owned()).or_default() += value;
+            }
+        }
         for line in text
             .lines()
             .filter(|l| l.starts_with("jobpipe_consumer_jobs_total{"))

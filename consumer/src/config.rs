@@ -4,6 +4,7 @@
 use crate::{
     builtin::Builtin,
     retry::{RetryConfig, RetryPolicy},
+    routes::{self, RouteConfig},
 };
 use jobpipe_runtime::{
     admin::AdminConfig,
@@ -31,6 +32,8 @@ pub struct Config {
     pub retry: RetryConfig,
     /// Which built-in handlers the binary registers.
     pub handlers: HandlerSettings,
+    /// Where job types go: remote workers (HTTP, gRPC) or handlers by name (`[[routes]]`).
+    pub routes: Vec<RouteConfig>,
     /// Draining on SIGTERM.
     pub shutdown: ShutdownConfig,
     /// Logging.
@@ -131,6 +134,7 @@ impl Config {
         if self.shutdown.grace_period.is_zero() {
             return invalid("shutdown.grace_period", "must be positive".into());
         }
+        routes::parse(&self.routes)?;
         Ok(())
     }
 
@@ -156,6 +160,7 @@ impl Default for Config {
             consumer: ConsumerSettings::default(),
             retry: RetryConfig::default(),
             handlers: HandlerSettings::default(),
+            routes: Vec::new(),
             shutdown: ShutdownConfig::default(),
             log: LogConfig::default(),
             telemetry: TelemetryConfig::default(),

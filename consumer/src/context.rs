@@ -1,17 +1,21 @@
-//! What every job task shares: the link, the handlers, the retry policy, the routes it publishes
-//! to (named once), the instance name and the metrics.
+//! What every job task shares: the link, who runs which job type, the retry policy, the routes it
+//! publishes to (named once), the instance name, the metrics, the concurrency slots and the
+//! shutdown signal.
 
-use crate::{handler::Handlers, metrics::ConsumerMetrics, retry::RetryPolicy};
+use crate::{dispatch::Dispatch, metrics::ConsumerMetrics, retry::RetryPolicy};
 use jobpipe_proto::topology::Topology;
 use jobpipe_runtime::amqp::{Link, Routes};
+use std::{sync::Arc, time::Duration};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
 /// Shared, read-only state of a running consumer.
 #[derive(Debug)]
 pub(crate) struct Context {
     /// The broker link, for publishing retries and dead letters.
     pub(crate) link: Link,
-    /// Handlers by job type.
-    pub(crate) handlers: Handlers,
+    /// Handlers and remote workers by job type.
+    pub(crate) dispatch: Dispatch,
     /// The retry schedule.
     pub(crate) retry: RetryPolicy,
     /// This instance's name, recorded in failure histories.
@@ -22,30 +26,54 @@ pub(crate) struct Context {
     pub(crate) routes: Routes,
     /// The names of broker objects.
     pub(crate) topology: Topology,
-    /// The longest an attempt may run, whatever the job asks.
-    pub(crate) max_timeout: std::time::Duration,
+    /// The longest an attempt may run, whatever the job asks; also the longest a job waits for
+    /// an unreachable worker.
+    pub(crate) max_timeout: Duration,
+    /// One slot per job allowed to run at once (`consumer.concurrency`).
+    pub(crate) permits: Arc<Semaphore>,
+    /// Cancelled when the consumer drains: jobs still waiting go back to their queue.
+    pub(crate) shutdown: CancellationToken,
 }
 
 impl Context {
     /// Builds the context, naming every exchange once.
-    pub(crate) fn new(
-        link: Link,
-        handlers: Handlers,
-        retry: RetryPolicy,
-        instance: String,
-        metrics: ConsumerMetrics,
-        topology: Topology,
-        max_timeout: std::time::Duration,
-    ) -> Self {
-        Self {
-            routes: Routes::new(&topology),
+    pub(crate) fn new(parts: ContextParts) -> Self {
+        let ContextParts {
             link,
-            handlers,
+            dispatch,
             retry,
             instance,
             metrics,
             topology,
             max_timeout,
+            concurrency,
+            shutdown,
+        } = parts;
+        Self {
+            routes: Routes::new(&topology),
+            link,
+            dispatch,
+            retry,
+            instance,
+            metrics,
+            topology,
+            max_timeout,
+            permits: Arc::new(Semaphore::new(concurrency)),
+            shutdown,
         }
     }
+}
+
+/// What a [`Context`] is built from.
+#[derive(Debug)]
+pub(crate) struct ContextParts {
+    pub(crate) link: Link,
+    pub(crate) dispatch: Dispatch,
+    pub(crate) retry: RetryPolicy,
+    pub(crate) instance: String,
+    pub(crate) metrics: ConsumerMetrics,
+    pub(crate) topology: Topology,
+    pub(crate) max_timeout: Duration,
+    pub(crate) concurrency: usize,
+    pub(crate) shutdown: CancellationToken,
 }

@@ -58,6 +58,16 @@ pub enum JobError {
     /// Retrying cannot help (bad input): the job is dead-lettered at once as `permanent`.
     #[error("{0}")]
     Permanent(String),
+    /// Worth retrying, but not before `after` (a worker's `Retry-After`): like `Transient`, with
+    /// this delay instead of the backoff (rounded up to whole seconds, capped at
+    /// `retry.max_delay`).
+    #[error("{error}")]
+    RetryAfter {
+        /// The error text.
+        error: String,
+        /// The least delay before the next attempt.
+        after: std::time::Duration,
+    },
 }
 
 impl JobError {

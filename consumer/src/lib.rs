@@ -19,22 +19,28 @@
 pub mod builtin;
 pub mod config;
 mod context;
+mod dispatch;
 pub mod handler;
 mod inbound;
 mod metrics;
 mod outcome;
+mod remote;
 mod republish;
 pub mod retry;
+pub mod routes;
 mod spans;
 mod subscription;
 mod worker;
 
+pub use async_trait::async_trait;
 pub use handler::{Handler, Handlers, Job, JobError};
+pub use jobpipe_proto::names::{JobId, JobType, QueueName};
 pub use worker::STARTED_TARGET;
 
 use crate::{
     config::Config,
-    context::Context,
+    context::{Context, ContextParts},
+    dispatch::Dispatch,
     metrics::ConsumerMetrics,
     retry::{RetryPolicy, RetryPolicyError},
     subscription::Workers,
@@ -43,16 +49,21 @@ use jobpipe_runtime::{
     admin::Admin,
     amqp::{AccessRefused, LinkError, Publishes},
     base::{BaseConfig, ServiceBase},
+    readiness::Blockers,
+    settings::ConfigError,
 };
 use prometheus_client::registry::Registry;
 use std::{io, net::SocketAddr, sync::Arc};
-use tokio::{sync::Semaphore, task::JoinSet};
+use tokio::task::JoinSet;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{info, warn};
 
 /// Why the consumer could not start or keep running.
 #[derive(Debug, thiserror::Error)]
 pub enum ConsumerError {
+    /// The configuration breaks a rule, or names a file, handler or worker that cannot be used.
+    #[error("{0}")]
+    Config(#[from] ConfigError),
     /// The admin port could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -81,20 +92,32 @@ pub enum ConsumerError {
 #[derive(Debug)]
 pub struct Consumer {
     config: Config,
-    handlers: Handlers,
+    dispatch: Dispatch,
+    blockers: Blockers,
     admin: Admin,
 }
 
 impl Consumer {
-    /// Binds the admin port (port 0 picks a free one).
+    /// Checks `config` (routes resolved against `handlers`, token and TLS files read) and binds
+    /// the admin port (port 0 picks a free one). An invalid configuration is refused here, never
+    /// started as a consumer that cannot run a job.
     pub async fn bind(config: Config, handlers: Handlers) -> Result<Self, ConsumerError> {
+        config.validate()?;
+        let blockers = Blockers::default();
+        let dispatch = Dispatch::new(
+            &config.routes,
+            handlers,
+            config.consumer.concurrency,
+            &blockers,
+        )?;
         let addr = config.admin.listen;
         let admin = Admin::bind(&config.admin)
             .await
             .map_err(|source| ConsumerError::Bind { addr, source })?;
         Ok(Self {
             config,
-            handlers,
+            dispatch,
+            blockers,
             admin,
         })
     }
@@ -106,21 +129,31 @@ impl Consumer {
 
     /// Consumes until `shutdown` is cancelled, then drains: subscriptions are cancelled and
     /// unstarted deliveries returned, running jobs finish within the grace period, and the
-    /// broker connection closes last (returning anything still unsettled to its queue).
+    /// broker connection closes last (returning anything still unsettled to its queue). A
+    /// failure that ends the consumer early does not cancel `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ConsumerError> {
         let Self {
             config,
-            handlers,
+            dispatch,
+            blockers,
             admin,
         } = self;
+        // Ours to cancel when the consumer ends early; the caller's token is theirs.
+        let shutdown = shutdown.child_token();
         let retry = RetryPolicy::try_new(&config.retry)?;
         let instance = config.instance();
         let mut registry = Registry::default();
+        let types = dispatch.known_types();
         let metrics = ConsumerMetrics::register(
             &mut registry,
             config.topology.queues.iter().map(|q| q.as_str()),
-            handlers.types().map(|t| t.as_str()),
+            types.iter().map(String::as_str),
         );
+        for remote in dispatch.remotes() {
+            remote
+                .health
+                .report_on(metrics.register_worker(remote.label));
+        }
         let base = ServiceBase::start(
             BaseConfig {
                 service: "jobpipe-consumer",
@@ -128,6 +161,7 @@ impl Consumer {
                 topology: &config.topology,
                 publishes: Publishes::Failures,
                 metrics: &config.metrics,
+                blockers,
             },
             instance.clone(),
             admin,
@@ -136,16 +170,17 @@ impl Consumer {
         );
 
         let workers = Workers {
-            ctx: Arc::new(Context::new(
-                base.link.clone(),
-                handlers,
+            ctx: Arc::new(Context::new(ContextParts {
+                link: base.link.clone(),
+                dispatch,
                 retry,
                 instance,
                 metrics,
-                config.topology.topology(),
-                config.consumer.max_timeout,
-            )),
-            permits: Arc::new(Semaphore::new(config.consumer.concurrency)),
+                topology: config.topology.topology(),
+                max_timeout: config.consumer.max_timeout,
+                concurrency: config.consumer.concurrency,
+                shutdown: shutdown.clone(),
+            })),
             tracker: TaskTracker::new(),
         };
         let mut subscriptions = JoinSet::new();

@@ -40,11 +40,10 @@ fn main() -> ExitCode {
         frame_max,
         |shutdown| jobpipe_consumer::run(config, handlers, shutdown),
     );
-    process::exit_status("jobpipe-consumer", served, |error| {
-        matches!(
-            error,
-            ConsumerError::Broker(_) | ConsumerError::AccessRefused(_)
-        )
+    process::exit_status("jobpipe-consumer", served, |error| match error {
+        ConsumerError::Config(_) => process::EX_USAGE,
+        ConsumerError::Broker(_) | ConsumerError::AccessRefused(_) => process::EX_CONFIG,
+        _ => 1,
     })
 }
 

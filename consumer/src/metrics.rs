@@ -1,6 +1,7 @@
 //! The consumer's Prometheus metrics. Labels are bounded: queues are the configured ones and job
 //! types the registered ones (anything else is `unknown`); never job ids.
 
+use crate::{outcome::Attempt, remote::Answer};
 use jobpipe_proto::failure::FailureKind;
 use jobpipe_runtime::{label_enum, metrics::latency_buckets};
 use prometheus_client::{
@@ -52,6 +53,18 @@ struct QueueLabels {
     queue: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: &'static str,
+    outcome: &'static str,
+    status: &'static str,
+}
+
 /// Every metric the consumer exports.
 #[derive(Debug, Clone)]
 pub(crate) struct ConsumerMetrics {
@@ -65,6 +78,10 @@ pub(crate) struct ConsumerMetrics {
     redeliveries: Family<QueueLabels, Counter>,
     /// Jobs whose handler is running now.
     pub(crate) in_flight: Gauge,
+    worker_requests: Family<RequestLabels, Counter>,
+    worker_seconds: Family<RouteLabels, Histogram>,
+    worker_in_flight: Family<RouteLabels, Gauge>,
+    worker_up: Family<RouteLabels, Gauge>,
 }
 
 impl ConsumerMetrics {
@@ -89,6 +106,10 @@ impl ConsumerMetrics {
             attempts: Family::new_with_constructor(|| Histogram::new(linear_buckets(1.0, 1.0, 25))),
             redeliveries: Family::default(),
             in_flight: Gauge::default(),
+            worker_requests: Family::default(),
+            worker_seconds: Family::new_with_constructor(|| Histogram::new(latency_buckets())),
+            worker_in_flight: Family::default(),
+            worker_up: Family::default(),
         };
         // Every queue's series exist from the start, at zero, so rates and alerts see them
         // before the first redelivery or finished job.
@@ -128,7 +149,74 @@ impl ConsumerMetrics {
             "Jobs whose handler is running",
             metrics.in_flight.clone(),
         );
+        registry.register(
+            "jobpipe_worker_requests",
+            "Calls to remote workers, by route, outcome (succeeded, transient, permanent, \
+             retry_after, timeout, unreachable) and status (HTTP class, gRPC code, or none)",
+            metrics.worker_requests.clone(),
+        );
+        registry.register(
+            "jobpipe_worker_request_seconds",
+            "Time calls to remote workers took, by route",
+            metrics.worker_seconds.clone(),
+        );
+        registry.register(
+            "jobpipe_worker_in_flight",
+            "Calls to remote workers in flight, by route",
+            metrics.worker_in_flight.clone(),
+        );
+        registry.register(
+            "jobpipe_worker_up",
+            "Whether a route's remote worker can be reached (1) or is being probed (0)",
+            metrics.worker_up.clone(),
+        );
         metrics
+    }
+
+    /// Creates route `route`'s series, so they exist from the start, and returns its `up`
+    /// gauge for the worker's health to set.
+    pub(crate) fn register_worker(&self, route: &'static str) -> Gauge {
+        let labels = RouteLabels { route };
+        drop(self.worker_seconds.get_or_create(&labels));
+        drop(self.worker_in_flight.get_or_create(&labels));
+        // A clone shares the family's value.
+        self.worker_up.get_or_create(&labels).clone()
+    }
+
+    /// The in-flight gauge of route `route`'s worker.
+    pub(crate) fn worker_in_flight(&self, route: &'static str) -> Gauge {
+        self.worker_in_flight
+            .get_or_create(&RouteLabels { route })
+            .clone()
+    }
+
+    /// Counts a call to route `route`'s worker.
+    pub(crate) fn worker_request(
+        &self,
+        route: &'static str,
+        attempt: &Attempt,
+        answer: Answer,
+        elapsed: Duration,
+    ) {
+        let outcome = match attempt {
+            Attempt::Succeeded => "succeeded",
+            Attempt::Withdrawn => "unreachable",
+            Attempt::Failed {
+                retry_after: Some(_),
+                ..
+            } => "retry_after",
+            Attempt::Failed { kind, .. } => kind.as_str(),
+        };
+        self.worker_requests
+            .get_or_create(&RequestLabels {
+                route,
+                outcome,
+                status: answer.label(),
+            })
+            .inc();
+        self.worker_seconds
+            .get_or_create(&RouteLabels { route })
+            .observe(elapsed.as_secs_f64());
     }
 
     /// Counts a settled delivery. `reason` is the failure kind, if the attempt failed.

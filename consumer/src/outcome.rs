@@ -4,6 +4,7 @@
 use crate::retry::RetryPolicy;
 use jobpipe_proto::{delay::LadderDelay, failure::FailureKind};
 use rand::Rng;
+use std::time::Duration;
 
 /// How one attempt ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,7 +17,12 @@ pub(crate) enum Attempt {
         kind: FailureKind,
         /// The error text.
         error: String,
+        /// The delay the handler asked for before the next attempt, instead of the backoff.
+        retry_after: Option<Duration>,
     },
+    /// The attempt never started and is not counted: its worker stayed unreachable past the
+    /// hold limit, or the consumer is draining. The delivery goes back to its queue.
+    Withdrawn,
 }
 
 /// How a failed attempt's delivery is settled.
@@ -34,11 +40,13 @@ pub(crate) enum Decision {
     },
 }
 
-/// Decides what follows attempt `number` of `max_attempts`, which failed for `kind`.
+/// Decides what follows attempt `number` of `max_attempts`, which failed for `kind`; a retry
+/// waits `retry_after` when the handler asked for it, else the backoff.
 pub(crate) fn decide(
     kind: FailureKind,
     number: u32,
     max_attempts: u32,
+    retry_after: Option<Duration>,
     policy: &RetryPolicy,
     rng: &mut impl Rng,
 ) -> Decision {
@@ -47,7 +55,8 @@ pub(crate) fn decide(
             if number < max_attempts =>
         {
             Decision::Retry {
-                after: policy.backoff(number, rng),
+                after: retry_after
+                    .map_or_else(|| policy.backoff(number, rng), |delay| policy.capped(delay)),
             }
         }
         // The last attempt timed out: say so rather than the vaguer "exhausted".
@@ -99,10 +108,35 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(7);
         for (kind, number, max, expected) in cases {
             assert_eq!(
-                decide(kind, number, max, &policy, &mut rng),
+                decide(kind, number, max, None, &policy, &mut rng),
                 expected,
                 "{kind:?} on {number}/{max}"
             );
         }
+        // A delay the handler asks for replaces the backoff, rounded up to the ladder's
+        // seconds and capped at retry.max_delay; it does not add attempts.
+        let asked = [
+            (Duration::from_millis(1500), retry(2)),
+            (Duration::ZERO, retry(1)),
+            (Duration::from_secs(999_999), retry(3600)),
+        ];
+        for (delay, expected) in asked {
+            assert_eq!(
+                decide(Transient, 1, 3, Some(delay), &policy, &mut rng),
+                expected,
+                "{delay:?}"
+            );
+        }
+        assert_eq!(
+            decide(
+                Transient,
+                3,
+                3,
+                Some(Duration::from_secs(5)),
+                &policy,
+                &mut rng
+            ),
+            dead(Exhausted)
+        );
     }
 }

@@ -113,6 +113,13 @@ impl RetryPolicy {
         Duration::from_secs_f64(secs.min(self.max_delay.as_secs_f64()))
     }
 
+    /// A delay a handler asked for, in the ladder's whole seconds (rounded up, at least 1) and
+    /// capped at `max_delay`.
+    pub fn capped(&self, delay: Duration) -> LadderDelay {
+        let secs = delay.min(self.max_delay).as_secs_f64().ceil() as u64;
+        LadderDelay::clamped(secs)
+    }
+
     /// The delay before the retry of attempt `failed_attempt`, jittered with `rng`, in the
     /// ladder's whole seconds (rounded up; `try_new` keeps the cap inside the ladder).
     pub fn backoff(&self, failed_attempt: u32, rng: &mut impl Rng) -> LadderDelay {

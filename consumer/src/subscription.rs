@@ -13,7 +13,7 @@ use lapin::{
     types::FieldTable,
 };
 use std::{sync::Arc, time::Duration};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{debug, info, warn};
 
@@ -24,13 +24,11 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 /// The pause before retrying a subscription the broker refused.
 const RESUBSCRIBE_PAUSE: Duration = Duration::from_secs(1);
 
-/// What the consumer's queues share: where job tasks run and how many at once.
+/// What the consumer's queues share: where job tasks run (their slots are `ctx.permits`).
 #[derive(Debug, Clone)]
 pub(crate) struct Workers {
     /// Shared state of job tasks.
     pub(crate) ctx: Arc<Context>,
-    /// One permit per job allowed to run at once.
-    pub(crate) permits: Arc<Semaphore>,
     /// Tracks running jobs, so shutdown can wait for them.
     pub(crate) tracker: TaskTracker,
 }
@@ -210,7 +208,7 @@ impl Subscription {
             let inbound = Inbound::new(delivery, self.queue.clone(), self.channel.clone());
             // Wait for a free slot; a delivery that never got one goes back on shutdown.
             let permit = tokio::select! {
-                permit = workers.permits.clone().acquire_owned() => permit,
+                permit = workers.ctx.permits.clone().acquire_owned() => permit,
                 () = shutdown.cancelled() => {
                     inbound.requeue().await;
                     return Ended::Shutdown;
@@ -222,11 +220,8 @@ impl Subscription {
             };
             // Boxed once here: tokio moves a task's future several times while spawning it, and
             // a job's future is kilobytes (copying it was most of the consumer's CPU time).
-            let job = Box::pin(worker::process(workers.ctx.clone(), inbound));
-            workers.tracker.spawn(async move {
-                job.await;
-                drop(permit);
-            });
+            let job = Box::pin(worker::process(workers.ctx.clone(), inbound, permit));
+            workers.tracker.spawn(job);
         }
     }
 

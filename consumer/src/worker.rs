@@ -6,10 +6,12 @@
 
 use crate::{
     context::Context,
-    handler::{Job, JobError},
+    dispatch::Runner,
+    handler::{Handler, Job, JobError},
     inbound::{Inbound, Settled},
     metrics::{Outcome, UNKNOWN},
     outcome::{Attempt, Decision, decide},
+    remote,
     republish::{Republished, republish},
     spans,
 };
@@ -24,10 +26,12 @@ use std::{
     sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
+use tokio::sync::OwnedSemaphorePermit;
 use tracing::{Instrument, Level, Span, debug, info, warn};
 
-/// Processes one delivery to its settlement.
-pub(crate) async fn process(ctx: Arc<Context>, inbound: Inbound) {
+/// Processes one delivery to its settlement; `permit` is its slot under `consumer.concurrency`.
+pub(crate) async fn process(ctx: Arc<Context>, inbound: Inbound, permit: OwnedSemaphorePermit) {
+    let mut permit = Some(permit);
     let queue = inbound.queue().as_str();
     if inbound.redelivered() {
         ctx.metrics.redelivered(queue);
@@ -42,7 +46,9 @@ pub(crate) async fn process(ctx: Arc<Context>, inbound: Inbound) {
     match JobProperties::decode(inbound.properties()) {
         Ok(job) => {
             let span = spans::attempt(&inbound, &job, &ctx.topology);
-            run(&ctx, inbound, job, span.clone()).instrument(span).await;
+            run(&ctx, inbound, job, span.clone(), &mut permit)
+                .instrument(span)
+                .await;
         }
         Err(error) => {
             // The delivery goes to the dead letter: keep its queue's name for what follows.
@@ -56,7 +62,13 @@ pub(crate) async fn process(ctx: Arc<Context>, inbound: Inbound) {
     }
 }
 
-async fn run(ctx: &Context, inbound: Inbound, mut job: JobProperties, span: Span) {
+async fn run(
+    ctx: &Context,
+    inbound: Inbound,
+    mut job: JobProperties,
+    span: Span,
+    permit: &mut Option<OwnedSemaphorePermit>,
+) {
     let queue = inbound.queue().as_str().to_owned();
     let waited = SystemTime::now()
         .duration_since(job.due_at)
@@ -65,7 +77,7 @@ async fn run(ctx: &Context, inbound: Inbound, mut job: JobProperties, span: Span
     // Its own target, so the benchmark can follow job starts without every other debug event.
     debug!(target: STARTED_TARGET, job_id = %job.id, wait_us = micros(waited), "Job started.");
     let started = Instant::now();
-    let attempt = attempt(ctx, &inbound, &mut job).await;
+    let attempt = attempt(ctx, &inbound, &mut job, &span, permit).await;
     let elapsed = started.elapsed();
     ctx.metrics
         .handler_time(&queue, job.job_type.as_str(), elapsed);
@@ -103,14 +115,24 @@ fn micros(duration: Duration) -> u64 {
     u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
 }
 
-/// Runs the handler in a task of its own, so a deadline abandons it even when it never yields
-/// and a panic is caught rather than taking the consumer down. The job's content type and
-/// metadata move into the handler's input: nothing after the attempt reads them.
-async fn attempt(ctx: &Context, inbound: &Inbound, job: &mut JobProperties) -> Attempt {
-    let Some(handler) = ctx.handlers.get(&job.job_type) else {
+/// Runs the job: a handler in this process, or a call to the route's worker. The job's content
+/// type and metadata move into the handler's input: nothing after the attempt reads them.
+/// `permit` is this job's slot under `consumer.concurrency`.
+async fn attempt(
+    ctx: &Context,
+    inbound: &Inbound,
+    job: &mut JobProperties,
+    span: &Span,
+    permit: &mut Option<OwnedSemaphorePermit>,
+) -> Attempt {
+    let Some(runner) = ctx.dispatch.runner(&job.job_type) else {
         return Attempt::Failed {
             kind: FailureKind::NoHandler,
-            error: format!("no handler is registered for job type '{}'", job.job_type),
+            error: format!(
+                "no handler or route is configured for job type '{}'",
+                job.job_type
+            ),
+            retry_after: None,
         };
     };
     // A job may ask for more than this consumer allows (a foreign or old message): an attempt
@@ -128,35 +150,64 @@ async fn attempt(ctx: &Context, inbound: &Inbound, job: &mut JobProperties) -> A
         submitted_at: job.submitted_at,
         deadline: Instant::now() + timeout,
     };
+    match runner {
+        Runner::Local(handler) => run_local(ctx, handler, input, timeout).await,
+        Runner::Remote(remote) => {
+            // The worker's spans join the consumer's span, or the job's trace when spans are
+            // not exported.
+            let trace = propagation::context_of(span).or_else(|| job.trace.clone());
+            let call = remote::call(ctx, &remote, input, timeout, trace.as_ref(), permit);
+            Box::pin(call).await
+        }
+    }
+}
+
+/// Runs `handler` in a task of its own, so a deadline abandons it even when it never yields and
+/// a panic is caught rather than taking the consumer down.
+async fn run_local(
+    ctx: &Context,
+    handler: Arc<dyn Handler>,
+    input: Job,
+    timeout: Duration,
+) -> Attempt {
+    let attempt = input.attempt;
     ctx.metrics.in_flight.inc();
     let mut task = tokio::spawn(async move { handler.handle(input).await });
     let result = tokio::time::timeout(timeout, &mut task).await;
     ctx.metrics.in_flight.dec();
     match result {
-        Ok(Ok(Ok(()))) => Attempt::Succeeded,
-        Ok(Ok(Err(JobError::Transient(error)))) => Attempt::Failed {
-            kind: FailureKind::Transient,
-            error,
-        },
-        Ok(Ok(Err(JobError::Permanent(error)))) => Attempt::Failed {
-            kind: FailureKind::Permanent,
-            error,
-        },
+        Ok(Ok(result)) => from_result(result),
         Ok(Err(join_error)) => Attempt::Failed {
             kind: FailureKind::Panic,
             error: panic_message(join_error),
+            retry_after: None,
         },
         Err(_elapsed) => {
             task.abort();
             Attempt::Failed {
                 kind: FailureKind::Timeout,
                 error: format!(
-                    "attempt {} ran past its {} deadline",
-                    job.attempt,
+                    "attempt {attempt} ran past its {} deadline",
                     humantime::format_duration(timeout)
                 ),
+                retry_after: None,
             }
         }
+    }
+}
+
+/// A handler's or worker's answer as the attempt's outcome.
+pub(crate) fn from_result(result: Result<(), JobError>) -> Attempt {
+    let (kind, error, retry_after) = match result {
+        Ok(()) => return Attempt::Succeeded,
+        Err(JobError::Transient(error)) => (FailureKind::Transient, error, None),
+        Err(JobError::Permanent(error)) => (FailureKind::Permanent, error, None),
+        Err(JobError::RetryAfter { error, after }) => (FailureKind::Transient, error, Some(after)),
+    };
+    Attempt::Failed {
+        kind,
+        error,
+        retry_after,
     }
 }
 
@@ -168,14 +219,24 @@ async fn settle(
     job: &JobProperties,
     attempt: Attempt,
 ) -> (Outcome, Option<FailureKind>) {
-    let Attempt::Failed { kind, error } = attempt else {
-        return (settled(inbound.ack().await, Outcome::Succeeded), None);
+    let (kind, error, retry_after) = match attempt {
+        Attempt::Succeeded => return (settled(inbound.ack().await, Outcome::Succeeded), None),
+        Attempt::Withdrawn => {
+            inbound.requeue().await;
+            return (Outcome::Returned, None);
+        }
+        Attempt::Failed {
+            kind,
+            error,
+            retry_after,
+        } => (kind, error, retry_after),
     };
     let record = record(ctx, job.attempt, kind, error);
     let decision = decide(
         kind,
         job.attempt,
         job.max_attempts,
+        retry_after,
         &ctx.retry,
         &mut rand::rng(),
     );

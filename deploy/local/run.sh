@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make run`: builds jobpipe and runs it on this machine in the foreground: a producer, two
-# consumers and a short demo. Ctrl-C drains and stops every process.
+# consumers, the example Python HTTP worker they send `greet` jobs to, and a short demo. Ctrl-C
+# drains and stops every process.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -34,10 +35,12 @@ start() {
   pids+=($!)
 }
 
+worker_port=8088  # as in deploy/local/consumer.toml
 start producer JOBPIPE__GRPC__LISTEN="$producer" JOBPIPE__ADMIN__LISTEN=127.0.0.1:9090 "$bin/jobpipe-producer"
+start worker .tools/venv/bin/python examples/python-http-worker/worker.py --port "$worker_port"
 for n in 1 2; do
   start consumer-$n JOBPIPE__ADMIN__LISTEN=127.0.0.1:909$n JOBPIPE__CONSUMER__INSTANCE=consumer-$n \
-    JOBPIPE__RETRY__JITTER="$jitter" "$bin/jobpipe-consumer"
+    JOBPIPE__RETRY__JITTER="$jitter" "$bin/jobpipe-consumer" --config deploy/local/consumer.toml
 done
 
 echo "run: starting a producer and two consumers (logs in $logs)..."
@@ -57,17 +60,20 @@ if [ $ready != 1 ]; then
 fi
 
 echo
-"$bin/jobpipe" --addr "http://$producer" demo --consumers 127.0.0.1:9091,127.0.0.1:9092 || true
+"$bin/jobpipe" --addr "http://$producer" demo --with-worker --consumers 127.0.0.1:9091,127.0.0.1:9092 || true
 
 cat <<MSG
 
   jobpipe keeps running: producer on $producer, consumers' metrics on :9091 and :9092,
-  producer metrics on :9090.
+  producer metrics on :9090, the Python worker for \`greet\` jobs on :$worker_port
+  (routes in deploy/local/consumer.toml).
 
   Submit a job with the CLI:
     $bin/jobpipe submit sleep --payload 2s
     $bin/jobpipe submit fail --payload 2 --meta tenant=acme       # fails twice, then succeeds
     $bin/jobpipe submit noop --delay 30s                          # runs in 30 s
+    $bin/jobpipe submit greet --payload Grace                     # the Python worker greets
+    $bin/jobpipe submit greet --payload retry-after:3             # 429 Retry-After: 3, then 204
 
   Or with grpcurl (server reflection):
     $grpcurl -plaintext -d '{"job":{"type":"noop","payload":"aGVsbG8="}}' \\

@@ -36,6 +36,7 @@ use jobpipe_runtime::{
     amqp::{LinkError, Publishes, link::connection_name},
     base::{BaseConfig, ServiceBase},
     listener::{ConnectionLimits, Listener},
+    readiness::Blockers,
     tls::ReloadingServerConfig,
 };
 use prometheus_client::registry::Registry;
@@ -149,6 +150,7 @@ impl Producer {
                 topology: &config.topology,
                 publishes: Publishes::Jobs,
                 metrics: &config.metrics,
+                blockers: Blockers::default(),
             },
             connection_name("jobpipe-producer"),
             admin,

@@ -48,8 +48,9 @@ fn main() -> ExitCode {
         frame_max,
         |shutdown| jobpipe_producer::run(config, shutdown),
     );
-    process::exit_status("jobpipe-producer", served, |error| {
-        matches!(error, ProducerError::Broker(_))
+    process::exit_status("jobpipe-producer", served, |error| match error {
+        ProducerError::Broker(_) => process::EX_CONFIG,
+        _ => 1,
     })
 }
 
@@ -73,7 +74,8 @@ fn declare_topology(config: &Config) -> ExitCode {
             plan.exchanges.len()
         );
     }
-    process::exit_status("jobpipe-producer", declared, |error| {
-        matches!(error, LinkError::Topology(_))
+    process::exit_status("jobpipe-producer", declared, |error| match error {
+        LinkError::Topology(_) => process::EX_CONFIG,
+        _ => 1,
     })
 }

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 const STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The settings the base needs from a service's configuration.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct BaseConfig<'a> {
     /// The service's name for build info (`jobpipe-producer`).
     pub service: &'static str,
@@ -30,6 +30,9 @@ pub struct BaseConfig<'a> {
     pub publishes: Publishes,
     /// Queue depth polling.
     pub metrics: &'a MetricsConfig,
+    /// What besides the link keeps the service unready (none for a service that has nothing
+    /// else to wait for: `Blockers::default()`).
+    pub blockers: Blockers,
 }
 
 /// The running base of a service.
@@ -39,8 +42,6 @@ pub struct ServiceBase {
     pub link: Link,
     /// `true` while the service is ready (link up, not draining, no blocker).
     pub ready: watch::Receiver<bool>,
-    /// What else keeps the service unready; empty until the service adds a reason.
-    pub blockers: Blockers,
     stop: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -79,7 +80,7 @@ impl ServiceBase {
             config.metrics.queue_poll_interval,
             stop.clone(),
         ));
-        let blockers = Blockers::default();
+        let blockers = config.blockers;
         let ready = readiness::track(&link, draining.clone(), connected, &blockers);
         let state = AdminState {
             ready: ready.clone(),
@@ -97,7 +98,6 @@ impl ServiceBase {
         Self {
             link,
             ready,
-            blockers,
             stop,
             tasks: vec![link_task, poller, admin],
         }

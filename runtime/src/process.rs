@@ -93,19 +93,21 @@ pub fn frame_parser_stack(frame_max: u32) -> usize {
 }
 
 /// The exit status for what [`serve`] returned, with any error printed as one line: 0 on a clean
-/// stop, [`EX_CONFIG`] when `is_config` says the broker refuses the configuration (objects that
-/// disagree with it, a missing permission), [`EX_USAGE`] when the service could not start, 1 otherwise.
+/// stop, what `code` says for the service's error ([`EX_CONFIG`] when the broker refuses the
+/// configuration: objects that disagree with it, a missing permission; [`EX_USAGE`] for a
+/// configuration the service itself cannot use; else 1), [`EX_USAGE`] when the service could
+/// not start.
 pub fn exit_status<E: std::fmt::Display>(
     name: &str,
     served: Result<Result<(), E>, StartError>,
-    is_config: impl Fn(&E) -> bool,
+    code: impl Fn(&E) -> u8,
 ) -> std::process::ExitCode {
     use std::process::ExitCode;
     match served {
         Ok(Ok(())) => ExitCode::SUCCESS,
         Ok(Err(error)) => {
             eprintln!("{name}: {error}");
-            ExitCode::from(if is_config(&error) { EX_CONFIG } else { 1 })
+            ExitCode::from(code(&error))
         }
         Err(error) => {
             eprintln!("{name}: cannot start: {error}");

@@ -2,7 +2,7 @@
 //! ([`broker`]), services run in-process ([`producer`], [`consumer`], both at once: [`stack`]) or as processes ([`process`]), a
 //! proxy to cut connections ([`proxy`]), throwaway RabbitMQ nodes and clusters to stop, kill and
 //! alarm ([`node`]), certificates made for the test ([`certs`]), third-party clients ([`tools`]), a process's memory and CPU ([`procstat`]),
-//! and a real OTLP collector ([`otlp`]). Every
+//! the example workers in other languages ([`workers`]), and a real OTLP collector ([`otlp`]). Every
 //! wait is bounded by [`within`].
 
 pub mod broker;
@@ -17,6 +17,7 @@ pub mod proxy;
 pub mod secrets;
 pub mod stack;
 pub mod tools;
+pub mod workers;
 
 use std::{future::Future, net::SocketAddr, time::Duration};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

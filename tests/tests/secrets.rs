@@ -11,12 +11,15 @@ use jobpipe_tests::{
     process::{Service, bin_path, free_port, output, wait_ready},
     secrets,
     tools::run_script,
+    workers::{Kind, Worker},
 };
 use std::{path::Path, process::Stdio, time::Duration};
 
 const PASSWORD: &str = "Pw-7f3c9e1ab44d";
 const TOKEN: &str = "tok-5e8a0c7d2b91f6";
 const WRONG_TOKEN: &str = "tok-0d4b7e2a9c13f5";
+/// The token the consumer sends its workers.
+const WORKER_TOKEN: &str = "wkr-3f9a61c2e8d704";
 
 fn sha256_hex(text: &str) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
@@ -90,6 +93,23 @@ async fn no_log_line_at_trace_level_holds_the_password_or_a_token() {
         .concat(),
         &producer_log,
     );
+    // Workers that want a token, one per contract: the consumer sends it on every call.
+    let worker_token = dir.path().join("worker-token");
+    std::fs::write(&worker_token, WORKER_TOKEN).expect("worker token");
+    let token_arg = worker_token.display().to_string();
+    let mut http_worker = Worker::start(Kind::Http, 0, &["--token-file", &token_arg]).await;
+    let mut grpc_worker = Worker::start(Kind::Grpc, 0, &["--token-file", &token_arg]).await;
+    let consumer_config = dir.path().join("consumer.toml");
+    std::fs::write(
+        &consumer_config,
+        format!(
+            "[[routes]]\njob_type = \"secret.http\"\ntarget = \"{}\"\ntoken_file = \"{token_arg}\"\n\
+             [[routes]]\njob_type = \"secret.grpc\"\ntarget = \"{}\"\ntoken_file = \"{token_arg}\"\n",
+            http_worker.target(),
+            grpc_worker.target(),
+        ),
+    )
+    .expect("consumer config");
     let consumer_log = dir.path().join("consumer.log");
     let consumer = start_logged(
         "jobpipe-consumer",
@@ -101,6 +121,7 @@ async fn no_log_line_at_trace_level_holds_the_password_or_a_token() {
                     "trace,lapin=trace,amq_protocol=trace,amq_protocol_tcp=trace".to_owned(),
                 ),
                 ("JOBPIPE__ADMIN__LISTEN", consumer_admin.to_string()),
+                ("JOBPIPE_CONFIG", consumer_config.display().to_string()),
             ],
         ]
         .concat(),
@@ -127,10 +148,22 @@ async fn no_log_line_at_trace_level_holds_the_password_or_a_token() {
     )
     .await;
     assert!(status.success(), "{text}");
-    eventually(Duration::from_secs(20), "both jobs to run", || async {
-        settled(&http_get(consumer_admin, "/metrics").await.1, "succeeded") >= 2.0
+    for job_type in ["secret.http", "secret.grpc"] {
+        let sent = run_script(
+            "grpc_client.py",
+            &[&target, "submit", "--token", TOKEN, "--type", job_type],
+        )
+        .await;
+        assert!(sent.contains("\"OK\""), "{sent}");
+    }
+    eventually(Duration::from_secs(20), "the four jobs to run", || async {
+        settled(&http_get(consumer_admin, "/metrics").await.1, "succeeded") >= 4.0
     })
     .await;
+    for worker in [&mut http_worker, &mut grpc_worker] {
+        let seen = worker.requests(1, Duration::from_secs(10)).await;
+        assert_eq!(seen[0].text("outcome"), "success", "{:?}", seen[0].fields);
+    }
 
     // Every connection logs in again.
     node.close_all_connections("a test reconnects the services")
@@ -213,6 +246,7 @@ async fn no_log_line_at_trace_level_holds_the_password_or_a_token() {
             ("the password", PASSWORD),
             ("the token", TOKEN),
             ("the wrong token", WRONG_TOKEN),
+            ("the workers' token", WORKER_TOKEN),
         ] {
             assert_eq!(
                 secrets::find(text, secret),
