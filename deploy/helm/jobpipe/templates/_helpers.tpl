@@ -36,6 +36,11 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
 app.kubernetes.io/component: {{ .component }}
 {{- end }}
 
+{{/* Marks the Services that expose an admin port, which the ServiceMonitor selects. */}}
+{{- define "jobpipe.metricsLabel" -}}
+jobpipe/metrics: "true"
+{{- end }}
+
 {{- define "jobpipe.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
 {{- default (include "jobpipe.fullname" .) .Values.serviceAccount.name }}
@@ -48,34 +53,306 @@ app.kubernetes.io/component: {{ .component }}
 {{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
 {{- end }}
 
+{{/* A component's image and pull policy: its own keys, each falling back to image's. */}}
+{{- define "jobpipe.componentImage" -}}
+{{- $image := (index .root.Values .component).image }}
+{{- $global := .root.Values.image }}
+{{- $image.repository | default $global.repository }}:{{ $image.tag | default $global.tag | default .root.Chart.AppVersion }}
+{{- end }}
+{{- define "jobpipe.componentPullPolicy" -}}
+{{- (index .root.Values .component).image.pullPolicy | default .root.Values.image.pullPolicy }}
+{{- end }}
+
 {{/*
-The broker connection: credentials from the existing Secret, never in the ConfigMap. The URL is
-assembled by Kubernetes from the host and port keys ($(VAR) expansion); jobpipe overrides its
-user info with JOBPIPE__AMQP__USERNAME / PASSWORD.
+A component's image, command, arguments and extra environment (under "- name: <component>");
+pass (dict "root" $ "component" "consumer"). The chart's own variables come first, so extraEnv
+can override them.
+*/}}
+{{- define "jobpipe.componentContainer" -}}
+{{- $values := index .root.Values .component }}
+{{- $config := printf "/etc/jobpipe/%s.toml" .component -}}
+image: {{ include "jobpipe.componentImage" . }}
+imagePullPolicy: {{ include "jobpipe.componentPullPolicy" . }}
+{{- if $values.command }}
+command:
+  {{- toYaml $values.command | nindent 2 }}
+{{- else }}
+command: ["/usr/local/bin/jobpipe-{{ .component }}", "--config", {{ $config | quote }}]
+{{- end }}
+{{- with $values.args }}
+args:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+securityContext:
+  {{- toYaml .root.Values.securityContext | nindent 2 }}
+{{- with $values.envFrom }}
+envFrom:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+env:
+  {{- include "jobpipe.amqpEnv" . | nindent 2 }}
+  # Read by any binary built on the jobpipe library, whatever its command line.
+  - name: JOBPIPE_CONFIG
+    value: {{ $config | quote }}
+  {{- with $values.extraEnv }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+{{- end }}
+
+{{/*
+consumer.routes, or with the worker sidecar and no routes, one route "*" to it. Each route as a
+dict with its index (for the paths of its Secrets) and its values.
+*/}}
+{{- define "jobpipe.routes" -}}
+{{- $consumer := .Values.consumer }}
+{{- $routes := $consumer.routes }}
+{{- if and $consumer.worker.enabled (not $routes) }}
+{{- $target := printf "http://127.0.0.1:%d/" (int $consumer.worker.port) }}
+{{- if eq $consumer.worker.protocol "grpc" }}{{ $target = printf "grpc://127.0.0.1:%d" (int $consumer.worker.port) }}{{ end }}
+{{- $routes = list (dict "jobType" "*" "target" $target) }}
+{{- end }}
+{{- toJson (dict "routes" $routes) }}
+{{- end }}
+
+{{/* Where a route's Secrets are mounted: one projected volume per route, never subPath. */}}
+{{- define "jobpipe.routeDir" -}}
+/var/run/jobpipe/routes/{{ . }}
+{{- end }}
+
+{{/* Whether route (a dict) has a Secret to mount. */}}
+{{- define "jobpipe.routeHasSecrets" -}}
+{{- $tls := .tls | default dict }}
+{{- if or .tokenSecret $tls.caSecret $tls.clientCertSecret }}true{{ end }}
+{{- end }}
+
+{{/* The [[routes]] tables of consumer.toml. */}}
+{{- define "jobpipe.routesToml" -}}
+{{- range $i, $route := (include "jobpipe.routes" . | fromJson).routes }}
+{{- $dir := include "jobpipe.routeDir" $i }}
+{{- $tls := $route.tls | default dict }}
+{{- if $i }}{{ "\n" }}{{ end }}
+[[routes]]
+job_type = {{ $route.jobType | quote }}
+target = {{ $route.target | quote }}
+{{- with $route.concurrency }}
+concurrency = {{ . | int64 }}
+{{- end }}
+{{- with $route.timeout }}
+timeout = {{ . | quote }}
+{{- end }}
+{{- if $route.tokenSecret }}
+token_file = "{{ $dir }}/token"
+{{- end }}
+{{- if or $tls.caSecret $tls.clientCertSecret $tls.serverName }}
+[routes.tls]
+{{- if $tls.caSecret }}
+ca_file = "{{ $dir }}/ca.crt"
+{{- end }}
+{{- if $tls.clientCertSecret }}
+cert_file = "{{ $dir }}/tls.crt"
+key_file = "{{ $dir }}/tls.key"
+{{- end }}
+{{- with $tls.serverName }}
+server_name = {{ . | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The consumer container's mounts of the routes' Secrets (under "volumeMounts:"). */}}
+{{- define "jobpipe.routeVolumeMounts" -}}
+{{- range $i, $route := (include "jobpipe.routes" . | fromJson).routes }}
+{{- if include "jobpipe.routeHasSecrets" $route }}
+- name: route-{{ $i }}
+  mountPath: {{ include "jobpipe.routeDir" $i }}
+  readOnly: true
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+The volumes behind them (under "volumes:"): each route's Secrets projected into one directory
+under fixed names (token, ca.crt, tls.crt, tls.key). kubelet updates projected Secrets in place,
+so a rotated token or certificate reaches the files without a restart.
+*/}}
+{{- define "jobpipe.routeVolumes" -}}
+{{- range $i, $route := (include "jobpipe.routes" . | fromJson).routes }}
+{{- if include "jobpipe.routeHasSecrets" $route }}
+{{- $tls := $route.tls | default dict }}
+- name: route-{{ $i }}
+  projected:
+    defaultMode: 0440
+    sources:
+      {{- with $route.tokenSecret }}
+      - secret:
+          name: {{ .name }}
+          items:
+            - key: {{ .key | default "token" }}
+              path: token
+      {{- end }}
+      {{- with $tls.caSecret }}
+      - secret:
+          name: {{ .name }}
+          items:
+            - key: {{ .key | default "ca.crt" }}
+              path: ca.crt
+      {{- end }}
+      {{- with $tls.clientCertSecret }}
+      - secret:
+          name: {{ . }}
+          items:
+            - key: tls.crt
+              path: tls.crt
+            - key: tls.key
+              path: tls.key
+      {{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+The broker connection of one component; pass (dict "root" $ "component" "producer"). Host and
+port come from the shared Secret (the port is rabbitmq.tls.port with TLS), credentials from the
+component's own Secret if it has one: never in the ConfigMap. The URL is assembled by Kubernetes
+($(VAR) expansion); jobpipe overrides its user info with JOBPIPE__AMQP__USERNAME / PASSWORD.
 */}}
 {{- define "jobpipe.amqpEnv" -}}
+{{- $rabbitmq := .root.Values.rabbitmq }}
+{{- $secret := include "jobpipe.brokerSecret" . }}
+{{- /* EXTERNAL login ignores them, so a certificate-only Secret need not hold them. */}}
+{{- $optional := eq $rabbitmq.tls.login "certificate" -}}
 - name: AMQP_HOST
   valueFrom:
     secretKeyRef:
-      name: {{ .Values.rabbitmq.existingSecret }}
-      key: {{ .Values.rabbitmq.hostKey }}
+      name: {{ $rabbitmq.existingSecret }}
+      key: {{ $rabbitmq.hostKey }}
+{{- if $rabbitmq.tls.enabled }}
+- name: JOBPIPE__AMQP__URL
+  value: "amqps://$(AMQP_HOST):{{ $rabbitmq.tls.port }}/{{ $rabbitmq.vhost | urlquery }}"
+{{- else }}
 - name: AMQP_PORT
   valueFrom:
     secretKeyRef:
-      name: {{ .Values.rabbitmq.existingSecret }}
-      key: {{ .Values.rabbitmq.portKey }}
+      name: {{ $rabbitmq.existingSecret }}
+      key: {{ $rabbitmq.portKey }}
 - name: JOBPIPE__AMQP__URL
-  value: "amqp://$(AMQP_HOST):$(AMQP_PORT)/{{ .Values.rabbitmq.vhost | urlquery }}"
+  value: "amqp://$(AMQP_HOST):$(AMQP_PORT)/{{ $rabbitmq.vhost | urlquery }}"
+{{- end }}
 - name: JOBPIPE__AMQP__USERNAME
   valueFrom:
     secretKeyRef:
-      name: {{ .Values.rabbitmq.existingSecret }}
-      key: {{ .Values.rabbitmq.usernameKey }}
+      name: {{ $secret }}
+      key: {{ $rabbitmq.usernameKey }}
+      {{- if $optional }}
+      optional: true
+      {{- end }}
 - name: JOBPIPE__AMQP__PASSWORD
   valueFrom:
     secretKeyRef:
-      name: {{ .Values.rabbitmq.existingSecret }}
-      key: {{ .Values.rabbitmq.passwordKey }}
+      name: {{ $secret }}
+      key: {{ $rabbitmq.passwordKey }}
+      {{- if $optional }}
+      optional: true
+      {{- end }}
+{{- end }}
+
+{{/* The Secret with a component's broker credentials: its own, or the shared one. */}}
+{{- define "jobpipe.brokerSecret" -}}
+{{- (index .root.Values.rabbitmq.users .component).existingSecret | default .root.Values.rabbitmq.existingSecret }}
+{{- end }}
+
+{{/* The kubernetes.io/tls Secret a component presents to the broker; empty: none. */}}
+{{- define "jobpipe.brokerClientCert" -}}
+{{- (index .root.Values.rabbitmq.users .component).clientCertSecret | default .root.Values.rabbitmq.tls.clientCertSecret }}
+{{- end }}
+
+{{/*
+Where the broker's TLS files are mounted. Whole Secrets as directories, never subPath: kubelet
+updates those in place, and jobpipe reads the files at each connection.
+*/}}
+{{- define "jobpipe.amqpCaFile" -}}
+/etc/jobpipe/amqp-ca/{{ .Values.rabbitmq.tls.caKey }}
+{{- end }}
+{{- define "jobpipe.amqpClientDir" -}}
+/etc/jobpipe/amqp-client
+{{- end }}
+
+{{/* The [amqp] and [amqp.tls] sections; nothing without TLS (the service refuses them then). */}}
+{{- define "jobpipe.amqpToml" -}}
+{{- $tls := .root.Values.rabbitmq.tls }}
+{{- if $tls.enabled }}
+[amqp]
+login = {{ $tls.login | quote }}
+
+[amqp.tls]
+{{- if $tls.caSecret }}
+ca_file = {{ include "jobpipe.amqpCaFile" .root | quote }}
+{{- end }}
+{{- if include "jobpipe.brokerClientCert" . }}
+cert_file = "{{ include "jobpipe.amqpClientDir" .root }}/tls.crt"
+key_file = "{{ include "jobpipe.amqpClientDir" .root }}/tls.key"
+{{- end }}
+{{- if $tls.serverName }}
+server_name = {{ $tls.serverName | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The same settings as environment variables, for the topology Job (it has no ConfigMap). */}}
+{{- define "jobpipe.amqpTlsEnv" -}}
+{{- $tls := .root.Values.rabbitmq.tls }}
+{{- if $tls.enabled }}
+- name: JOBPIPE__AMQP__LOGIN
+  value: {{ $tls.login | quote }}
+{{- if $tls.caSecret }}
+- name: JOBPIPE__AMQP__TLS__CA_FILE
+  value: {{ include "jobpipe.amqpCaFile" .root | quote }}
+{{- end }}
+{{- if include "jobpipe.brokerClientCert" . }}
+- name: JOBPIPE__AMQP__TLS__CERT_FILE
+  value: "{{ include "jobpipe.amqpClientDir" .root }}/tls.crt"
+- name: JOBPIPE__AMQP__TLS__KEY_FILE
+  value: "{{ include "jobpipe.amqpClientDir" .root }}/tls.key"
+{{- end }}
+{{- if $tls.serverName }}
+- name: JOBPIPE__AMQP__TLS__SERVER_NAME
+  value: {{ $tls.serverName | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Mounts of a component's broker TLS Secrets (under "volumeMounts:"). */}}
+{{- define "jobpipe.amqpTlsVolumeMounts" -}}
+{{- if .root.Values.rabbitmq.tls.enabled }}
+{{- if .root.Values.rabbitmq.tls.caSecret }}
+- name: amqp-ca
+  mountPath: /etc/jobpipe/amqp-ca
+  readOnly: true
+{{- end }}
+{{- if include "jobpipe.brokerClientCert" . }}
+- name: amqp-client
+  mountPath: {{ include "jobpipe.amqpClientDir" .root }}
+  readOnly: true
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The volumes behind them (under "volumes:"). */}}
+{{- define "jobpipe.amqpTlsVolumes" -}}
+{{- if .root.Values.rabbitmq.tls.enabled }}
+{{- if .root.Values.rabbitmq.tls.caSecret }}
+- name: amqp-ca
+  secret:
+    secretName: {{ .root.Values.rabbitmq.tls.caSecret }}
+    defaultMode: 0440
+{{- end }}
+{{- with include "jobpipe.brokerClientCert" . }}
+- name: amqp-client
+  secret:
+    secretName: {{ . }}
+    defaultMode: 0440
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{/* The [topology] section both services share. */}}
@@ -110,4 +387,67 @@ queue_poll_interval = {{ .Values.jobpipe.queuePollInterval | quote }}
 {{/* The producer's pod grace period: the preStop delay, the drain, and 5 s to exit. */}}
 {{- define "jobpipe.producer.terminationGracePeriodSeconds" -}}
 {{ add .Values.producer.drainDelaySeconds .Values.producer.shutdownGracePeriodSeconds 5 }}
+{{- end }}
+
+{{/*
+Settings that contradict each other fail the render, naming the key: a security setting must
+never be dropped silently. Included by the ConfigMap, which every installation renders.
+*/}}
+{{- define "jobpipe.validate" -}}
+{{- $rabbitmq := .Values.rabbitmq }}
+{{- $producer := .Values.producer }}
+{{- if not $rabbitmq.tls.enabled }}
+{{- $clientCerts := list $rabbitmq.tls.clientCertSecret }}
+{{- range $rabbitmq.users }}{{ $clientCerts = append $clientCerts .clientCertSecret }}{{ end }}
+{{- if eq $rabbitmq.tls.login "certificate" }}
+{{- fail "rabbitmq.tls.login=certificate needs rabbitmq.tls.enabled=true: the broker reads the user from the TLS client certificate" }}
+{{- else if or $rabbitmq.tls.caSecret (compact $clientCerts) }}
+{{- fail "rabbitmq.tls.caSecret and the client certificate Secrets (rabbitmq.tls.clientCertSecret, rabbitmq.users.*.clientCertSecret) need rabbitmq.tls.enabled=true (amqps://)" }}
+{{- end }}
+{{- end }}
+{{- if eq $rabbitmq.tls.login "certificate" }}
+{{- $components := list }}
+{{- if eq .Values.topology.declareBy "job" }}{{ $components = append $components "topology" }}{{ end }}
+{{- if $producer.enabled }}{{ $components = append $components "producer" }}{{ end }}
+{{- if .Values.consumer.enabled }}{{ $components = append $components "consumer" }}{{ end }}
+{{- range $components }}
+{{- if not (include "jobpipe.brokerClientCert" (dict "root" $ "component" .)) }}
+{{- fail (printf "rabbitmq.tls.login=certificate needs a client certificate for the %s: set rabbitmq.tls.clientCertSecret (or rabbitmq.users.%s.clientCertSecret), a kubernetes.io/tls Secret" . .) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- if $producer.tls.enabled }}
+{{- if not $producer.tls.secretName }}
+{{- fail "producer.tls.enabled=true needs producer.tls.secretName: a kubernetes.io/tls Secret (tls.crt, tls.key, ca.crt), or the one producer.tls.certManager issues" }}
+{{- end }}
+{{- if and $producer.tls.certManager.enabled (not $producer.tls.certManager.issuerRef.name) }}
+{{- fail "producer.tls.certManager.enabled=true needs producer.tls.certManager.issuerRef.name" }}
+{{- end }}
+{{- else if or $producer.tls.clientCaSecret $producer.tls.certManager.enabled }}
+{{- fail "producer.tls.clientCaSecret and producer.tls.certManager need producer.tls.enabled=true" }}
+{{- end }}
+{{- if and $producer.auth.enabled (not $producer.auth.callersSecret) }}
+{{- fail "producer.auth.enabled=true needs producer.auth.callersSecret: a Secret with the key callers.toml" }}
+{{- end }}
+{{- $worker := .Values.consumer.worker }}
+{{- if and $worker.enabled (not $worker.image.repository) }}
+{{- fail "consumer.worker.enabled=true needs consumer.worker.image.repository: the worker's image" }}
+{{- end }}
+{{- $jobTypes := dict }}
+{{- range $i, $route := .Values.consumer.routes }}
+{{- if hasKey $jobTypes $route.jobType }}
+{{- fail (printf "consumer.routes[%d].jobType %q is routed twice (consumer.routes[%v] too)" $i $route.jobType (get $jobTypes $route.jobType)) }}
+{{- end }}
+{{- $_ := set $jobTypes $route.jobType $i }}
+{{- /* TLS settings on a plain-text target would be ignored: a security setting never is. */}}
+{{- if and $route.tls (not (regexMatch "^(https|grpcs)://" $route.target)) }}
+{{- fail (printf "consumer.routes[%d].tls needs an https:// or grpcs:// target, not %q" $i $route.target) }}
+{{- end }}
+{{- if and $route.tls $route.tls.serverName (not (hasPrefix "grpcs://" $route.target)) }}
+{{- fail (printf "consumer.routes[%d].tls.serverName applies to grpcs:// targets only: put the certificate's name in the https:// URL" $i) }}
+{{- end }}
+{{- if and (not (contains "://" $route.target)) (or $route.tokenSecret $route.timeout) }}
+{{- fail (printf "consumer.routes[%d].tokenSecret and .timeout apply to http(s) and grpc(s) targets, not to the handler %q" $i $route.target) }}
+{{- end }}
+{{- end }}
 {{- end }}
