@@ -4,7 +4,11 @@
 use prost::Message;
 use std::{env, fs, path::PathBuf};
 
-const PROTOS: &[&str] = &["jobpipe/v1/jobs.proto", "jobpipe/v1/worker.proto"];
+const PROTOS: &[&str] = &[
+    "jobpipe/v1/jobs.proto",
+    "jobpipe/v1/worker.proto",
+    "jobpipe/v1/admin.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     for proto in PROTOS {
@@ -20,6 +24,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .bytes(".jobpipe.v1.JobSpec.payload")
         .bytes(".jobpipe.v1.HandleRequest.payload")
+        .bytes(".jobpipe.v1.DeadLetter.payload")
         .compile_fds(descriptors)?;
     Ok(())
 }

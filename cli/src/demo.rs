@@ -225,7 +225,9 @@ pub(crate) async fn run(target: &Target, args: DemoArgs) -> anyhow::Result<ExitC
          ladder; `make run` turns the jitter off to show it);"
     );
     out!("the {dead} failed jobs are in the dead-letter queue with their whole failure history:");
-    out!("  rabbitmqctl list_queues name messages | grep dead");
+    out!("  jobpipe dlq list                       # what failed, and why");
+    out!("  jobpipe dlq show <JOB ID>              # one of them, every attempt");
+    out!("  jobpipe dlq replay --job-id <JOB ID>   # run it again as a fresh first attempt");
     Ok(ExitCode::SUCCESS)
 }
 

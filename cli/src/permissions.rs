@@ -6,7 +6,6 @@ use jobpipe_proto::{
     names::{Prefix, QueueName},
     topology::{Permissions, Role, Topology},
 };
-use std::process::ExitCode;
 
 /// The installation and its users.
 #[derive(Debug, Args)]
@@ -40,7 +39,7 @@ fn parse_queue(text: &str) -> Result<QueueName, String> {
 }
 
 /// Prints the commands, one per user.
-pub(crate) fn run(args: &PermissionsArgs) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(args: &PermissionsArgs) -> Result<(), crate::Error> {
     let topology = Topology::new(args.prefix.clone());
     let queues: Vec<&str> = args.queues.iter().map(QueueName::as_str).collect();
     out!(
@@ -69,7 +68,7 @@ pub(crate) fn run(args: &PermissionsArgs) -> anyhow::Result<ExitCode> {
             quoted(&read)
         );
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 /// `text` as one POSIX shell word.

@@ -1,12 +1,17 @@
 //! Where the producer is and how to reach it: plaintext for `http://`, verified TLS for
-//! `https://` (never anything less), a client certificate for mutual TLS, and a bearer token on
-//! every call.
+//! `https://` (never anything less), a client certificate for mutual TLS, a bearer token on
+//! every call, and `--timeout` on everything that waits for the producer, so that no command
+//! hangs on one that accepts connections and never answers.
 
-use anyhow::{Context, bail};
+use crate::{Error, Failure};
 use clap::Args;
-use std::path::PathBuf;
+use std::{
+    future::Future,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 use tonic::{
-    Request, Status,
+    Code, Request, Response, Status,
     metadata::AsciiMetadataValue,
     service::{Interceptor, interceptor::InterceptedService},
     transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
@@ -35,38 +40,127 @@ pub(crate) struct Target {
     /// A bearer token, sent with every call (prefer the environment: a flag shows in `ps`).
     #[arg(long, env = "JOBPIPE_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
+    /// How long to wait for the producer, e.g. `30s`: to connect, and for the answer to each
+    /// call (the call's deadline). Give it before the command: `submit --timeout` is the job's.
+    // Not `global`: `submit` and `demo` have a `--timeout` of their own.
+    #[arg(
+        long = "timeout",
+        env = "JOBPIPE_TIMEOUT",
+        default_value = "10s",
+        value_parser = parse_timeout
+    )]
+    timeout: Duration,
 }
 
-/// A channel to the producer that carries the token.
-pub(crate) type Grpc = InterceptedService<Channel, BearerToken>;
+/// A channel to the producer that gives every call its token and deadline.
+pub(crate) type Grpc = InterceptedService<Channel, PerCall>;
 
 impl Target {
-    /// Connects, over TLS when the address says `https://`.
-    pub(crate) async fn connect(&self) -> anyhow::Result<Grpc> {
+    /// Connects, over TLS when the address says `https://`, within `--timeout`.
+    pub(crate) async fn connect(&self) -> Result<Grpc, Error> {
         let addr = &self.addr;
-        let mut endpoint = Endpoint::from_shared(addr.clone())
-            .with_context(|| format!("{addr} is not a valid address"))?;
-        if addr.starts_with("https://") {
-            endpoint = endpoint.tls_config(self.tls()?)?;
-        } else if self.ca.is_some() || self.cert.is_some() {
-            bail!("--ca and --cert need an https:// address, not {addr}");
+        let tls = addr.starts_with("https://");
+        if !tls && !addr.starts_with("http://") {
+            return Err(Error::usage(format!(
+                "--addr {addr}: expected http:// or https://"
+            )));
         }
-        let channel = endpoint
-            .connect()
-            .await
-            .with_context(|| format!("cannot reach the producer at {addr}"))?;
+        let mut endpoint = Endpoint::from_shared(addr.clone())
+            .map_err(|_| Error::usage(format!("--addr {addr}: not a valid address")))?
+            // The TCP connect; the TLS handshake is bounded by the timeout around `connect`.
+            .connect_timeout(self.timeout)
+            // Every call, as tonic enforces it client-side (the demo's calls too).
+            .timeout(self.timeout);
+        if tls {
+            endpoint = endpoint
+                .tls_config(self.tls()?)
+                .map_err(|error| Error::usage(format!("TLS settings: {}", causes(&error))))?;
+        } else if self.ca.is_some() || self.cert.is_some() {
+            return Err(Error::usage(format!(
+                "--ca and --cert need an https:// address, not {addr}"
+            )));
+        }
         let token = match &self.token {
             Some(token) => Some(
                 format!("Bearer {token}")
                     .parse::<AsciiMetadataValue>()
-                    .context("the token must be printable ASCII")?,
+                    .map_err(|_| Error::usage("the token must be printable ASCII"))?,
             ),
             None => None,
         };
-        Ok(InterceptedService::new(channel, BearerToken(token)))
+        let channel = match tokio::time::timeout(self.timeout, endpoint.connect()).await {
+            Ok(Ok(channel)) => channel,
+            Ok(Err(error)) => {
+                return Err(Error::new(
+                    Failure::Retryable,
+                    format!("cannot reach the producer at {addr}: {}", causes(&error)),
+                ));
+            }
+            Err(_) => {
+                return Err(Error::new(
+                    Failure::Retryable,
+                    format!(
+                        "cannot reach the producer at {addr}: not connected within {}",
+                        humantime::format_duration(self.timeout)
+                    ),
+                ));
+            }
+        };
+        let per_call = PerCall {
+            token,
+            timeout: self.timeout,
+        };
+        Ok(InterceptedService::new(channel, per_call))
     }
 
-    fn tls(&self) -> anyhow::Result<ClientTlsConfig> {
+    /// Awaits the answer to one call named `method` (e.g. `SubmitJob`), or an error naming it.
+    /// The call carries its deadline (`--timeout`) and tonic enforces it; [`Self::within`] is
+    /// the backstop should anything between the two not.
+    pub(crate) async fn call<T>(
+        &self,
+        method: &str,
+        call: impl Future<Output = Result<Response<T>, Status>>,
+    ) -> Result<T, Error> {
+        self.within(method, async { call.await.map(Response::into_inner) })
+            .await
+    }
+
+    /// Awaits one answer of `method` (a call's, or a stream's next message) for at most
+    /// `--timeout`; a failed status becomes the error that names it.
+    pub(crate) async fn within<T>(
+        &self,
+        method: &str,
+        answer: impl Future<Output = Result<T, Status>>,
+    ) -> Result<T, Error> {
+        let started = Instant::now();
+        match tokio::time::timeout(self.timeout, answer).await {
+            Ok(Ok(answer)) => Ok(answer),
+            // tonic's own enforcement of the deadline answers CANCELLED.
+            Ok(Err(status))
+                if status.code() == Code::Cancelled && started.elapsed() >= self.timeout =>
+            {
+                Err(self.no_answer(method))
+            }
+            Ok(Err(status)) => Err(Error::status(
+                &format!("{method} at {}", self.addr),
+                &status,
+            )),
+            Err(_) => Err(self.no_answer(method)),
+        }
+    }
+
+    fn no_answer(&self, method: &str) -> Error {
+        Error::new(
+            Failure::Retryable,
+            format!(
+                "{method} at {}: no answer within {}",
+                self.addr,
+                humantime::format_duration(self.timeout)
+            ),
+        )
+    }
+
+    fn tls(&self) -> Result<ClientTlsConfig, Error> {
         let mut tls = ClientTlsConfig::new();
         tls = match &self.ca {
             Some(path) => tls.ca_certificate(Certificate::from_pem(read(path, "--ca")?)),
@@ -82,21 +176,65 @@ impl Target {
     }
 }
 
-fn read(path: &PathBuf, flag: &str) -> anyhow::Result<Vec<u8>> {
-    std::fs::read(path).with_context(|| format!("{flag}: cannot read {}", path.display()))
+/// A positive duration, e.g. `30s`.
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(duration) if duration.is_zero() => Err("must be more than 0".to_owned()),
+        Ok(duration) => Ok(duration),
+        Err(error) => Err(error.to_string()),
+    }
 }
 
-/// Adds `authorization: Bearer <token>` to every call, when there is a token.
-#[derive(Debug, Clone)]
-pub(crate) struct BearerToken(Option<AsciiMetadataValue>);
+fn read(path: &PathBuf, flag: &str) -> Result<Vec<u8>, Error> {
+    std::fs::read(path)
+        .map_err(|error| Error::usage(format!("{flag}: cannot read {}: {error}", path.display())))
+}
 
-impl Interceptor for BearerToken {
+/// `error` and its causes, as one line (tonic's transport error says only "transport error").
+fn causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = cause.source();
+    }
+    line
+}
+
+/// Adds to every call its deadline (`grpc-timeout`, which the producer honours and tonic
+/// enforces) and `authorization: Bearer <token>`, when there is a token.
+#[derive(Debug, Clone)]
+pub(crate) struct PerCall {
+    token: Option<AsciiMetadataValue>,
+    timeout: Duration,
+}
+
+impl Interceptor for PerCall {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        if let Some(token) = &self.0 {
+        request.set_timeout(self.timeout);
+        if let Some(token) = &self.token {
             request
                 .metadata_mut()
                 .insert("authorization", token.clone());
         }
         Ok(request)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_timeout_is_a_positive_duration() {
+        assert_eq!(parse_timeout("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_timeout("1m 500ms"), Ok(Duration::from_millis(60_500)));
+        for text in ["0s", "", "ten seconds", "-1s"] {
+            assert!(parse_timeout(text).is_err(), "{text:?}");
+        }
     }
 }

@@ -61,6 +61,8 @@ fi
 
 echo
 "$bin/jobpipe" --addr "http://$producer" demo --with-worker --consumers 127.0.0.1:9091,127.0.0.1:9092 || true
+echo
+"$bin/jobpipe" --addr "http://$producer" dlq list || true
 
 cat <<MSG
 
@@ -79,7 +81,13 @@ cat <<MSG
     $grpcurl -plaintext -d '{"job":{"type":"noop","payload":"aGVsbG8="}}' \\
       $producer jobpipe.v1.JobService/SubmitJob
 
-  Queues:  rabbitmqctl list_queues name messages | grep -v delay
+  Dead letters and queues, with the CLI:
+    $bin/jobpipe dlq list                                  # what failed, and why
+    $bin/jobpipe dlq show <JOB ID>                         # its whole history
+    $bin/jobpipe dlq replay --kind exhausted --dry-run     # what a replay would run again
+    $bin/jobpipe dlq replay --job-id <JOB ID>              # a fresh first attempt
+    $bin/jobpipe queues                                    # ready, dead, consumers, delayed
+    $bin/jobpipe watch                                     # the same, live
   Ctrl-C stops everything. The services' logs follow:
 
 MSG

@@ -30,6 +30,13 @@ use tower::Layer;
 
 /// The path prefix of the job service, whose calls are unary.
 const JOB_SERVICE: &str = "/jobpipe.v1.JobService/";
+/// The operations methods that only read, which the `read` role may call; every other
+/// AdminService method changes dead letters and needs `admin`.
+const READ_METHODS: [&str; 3] = [
+    "/jobpipe.v1.AdminService/ListDeadLetters",
+    "/jobpipe.v1.AdminService/GetDeadLetter",
+    "/jobpipe.v1.AdminService/GetQueues",
+];
 /// The path prefix of gRPC health, open to every caller and never refused for load.
 const HEALTH: &str = "/grpc.health.v1.Health/";
 /// The path prefix of server reflection (both versions).
@@ -227,6 +234,8 @@ enum Needs {
 fn required_role(path: &str) -> Needs {
     if path.starts_with(JOB_SERVICE) {
         Needs::Role(Role::Submit)
+    } else if READ_METHODS.contains(&path) {
+        Needs::Role(Role::Read)
     } else if path.starts_with(REFLECTION) {
         Needs::Caller
     } else {
@@ -365,8 +374,19 @@ mod tests {
                 "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
                 None,
             ),
+            ("/jobpipe.v1.AdminService/ListDeadLetters", Some(Role::Read)),
+            ("/jobpipe.v1.AdminService/GetDeadLetter", Some(Role::Read)),
+            ("/jobpipe.v1.AdminService/GetQueues", Some(Role::Read)),
             (
-                "/jobpipe.v1.OperationsService/ReplayDeadLetters",
+                "/jobpipe.v1.AdminService/ReplayDeadLetters",
+                Some(Role::Admin),
+            ),
+            (
+                "/jobpipe.v1.AdminService/PurgeDeadLetters",
+                Some(Role::Admin),
+            ),
+            (
+                "/jobpipe.v1.AdminService/ListDeadLettersX",
                 Some(Role::Admin),
             ),
             ("/anything.Else/Method", Some(Role::Admin)),

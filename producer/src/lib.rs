@@ -8,6 +8,8 @@
 //! - [`submission`]: checking a client's job and filling in defaults.
 //! - [`service`]: the `JobService` RPCs, publishing with confirms (scheduled jobs into the
 //!   delay ladder, after [`queues`] confirms their destination exists).
+//! - [`operations`]: the `AdminService` RPCs: dead letters listed, shown, replayed and purged
+//!   (reading a dead-letter queue without changing it: `dead_letters`, private), queue depths.
 //! - [`error`]: why a job was refused, and its gRPC status (mapped in one place).
 //! - [`metrics`] and [`spans`]: what `/metrics` shows and the trace spans opened.
 //! - [`Producer`] (here): binds the ports and runs everything until shutdown.
@@ -15,8 +17,10 @@
 mod admission;
 pub mod auth;
 pub mod config;
+mod dead_letters;
 pub mod error;
 pub mod metrics;
+pub mod operations;
 pub mod queues;
 pub mod service;
 pub mod spans;
@@ -27,10 +31,14 @@ use crate::{
     auth::Authenticator,
     config::{Config, GRPC_TLS_KEYS},
     metrics::ProducerMetrics,
+    operations::AdminService,
     service::JobService,
     submission::Rules,
 };
-use jobpipe_proto::v1::{FILE_DESCRIPTOR_SET, job_service_server::JobServiceServer};
+use jobpipe_proto::v1::{
+    FILE_DESCRIPTOR_SET, admin_service_server::AdminServiceServer,
+    job_service_server::JobServiceServer,
+};
 use jobpipe_runtime::{
     admin::Admin,
     amqp::{LinkError, Publishes, link::connection_name},
@@ -182,6 +190,12 @@ impl Producer {
             metrics.clone(),
         ))
         .max_decoding_message_size(config.max_request_bytes());
+        let operations = AdminServiceServer::new(AdminService::new(
+            base.link.clone(),
+            config.topology.topology(),
+            config.topology.queues.clone(),
+            config.amqp.confirm_timeout,
+        ));
         let limits = &config.grpc;
         let server = Server::builder()
             .http2_keepalive_interval(Some(limits.keepalive_interval))
@@ -199,6 +213,7 @@ impl Producer {
             .add_optional_service(limits.reflection.then(reflection_v1).transpose()?)
             .add_optional_service(limits.reflection.then(reflection_v1alpha).transpose()?)
             .add_service(jobs)
+            .add_service(operations)
             .serve_with_incoming_shutdown(
                 grpc.into_stream(tls),
                 shutdown.clone().cancelled_owned(),

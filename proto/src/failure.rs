@@ -108,6 +108,50 @@ pub fn for_dead_letter(
     original.clone().with_headers(table)
 }
 
+/// The history entry kind of a replay.
+pub const REPLAYED: &str = "replayed";
+
+/// The properties of a replayed dead letter: a fresh first attempt, due `now`, without its
+/// failure record, its history kept with a `replayed` entry naming `by` (the caller).
+pub fn for_replay(original: &BasicProperties, by: &str, now: SystemTime) -> BasicProperties {
+    let record = [
+        headers::ERROR_KIND,
+        headers::ERROR,
+        headers::FAILED_AT_MS,
+        headers::ORIGIN_QUEUE,
+    ];
+    let carried = carried_headers(original);
+    let mut table = FieldTable::from(
+        carried
+            .inner()
+            .iter()
+            .filter(|(key, _)| !record.contains(&key.as_str()))
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect::<BTreeMap<_, _>>(),
+    );
+    let attempts = original
+        .headers()
+        .as_ref()
+        .and_then(|table| {
+            crate::job::integer_header(table, headers::ATTEMPT)
+                .ok()
+                .flatten()
+        })
+        .unwrap_or(0);
+    let mut entry = FieldTable::default();
+    entry.insert("attempt".into(), integer(attempts));
+    entry.insert("at".into(), integer(unix_millis(now)));
+    entry.insert("kind".into(), long_string(REPLAYED));
+    entry.insert(
+        "by".into(),
+        long_string(truncate(by, MAX_HISTORY_ERROR_BYTES)),
+    );
+    push_history(&mut table, original, entry);
+    table.insert(headers::ATTEMPT.into(), integer(1));
+    table.insert(headers::DUE_AT_MS.into(), integer(unix_millis(now)));
+    original.clone().with_headers(table)
+}
+
 /// Reads the history back (for operators' tools and tests); unreadable entries are skipped.
 pub fn history(table: &FieldTable) -> Vec<BTreeMap<String, String>> {
     let Some(AMQPValue::FieldArray(entries)) = table.inner().get(headers::HISTORY) else {
@@ -160,6 +204,11 @@ fn carried_headers(original: &BasicProperties) -> FieldTable {
 /// Writes `original`'s history with `record` appended into `table`, keeping the first entry and
 /// the latest ones within the cap.
 fn append_history(table: &mut FieldTable, original: &BasicProperties, record: &AttemptRecord) {
+    push_history(table, original, entry(record));
+}
+
+/// Writes `original`'s history with `new` appended into `table`, within the cap.
+fn push_history(table: &mut FieldTable, original: &BasicProperties, new: FieldTable) {
     let earlier = original
         .headers()
         .as_ref()
@@ -168,7 +217,7 @@ fn append_history(table: &mut FieldTable, original: &BasicProperties, record: &A
         Some(AMQPValue::FieldArray(entries)) => entries.as_slice().to_vec(),
         _ => Vec::new(),
     };
-    entries.push(AMQPValue::FieldTable(entry(record)));
+    entries.push(AMQPValue::FieldTable(new));
     if entries.len() > MAX_HISTORY_ENTRIES {
         entries.drain(1..=entries.len() - MAX_HISTORY_ENTRIES);
     }

@@ -206,10 +206,11 @@ impl Topology {
                     read: every_object,
                 }
             }
+            // Reading the dead-letter queues: the operations API lists, replays and purges them.
             Role::Producer => Permissions {
                 configure: none(),
                 write: format!(r"^{prefix}\.(jobs|delay\.[0-9]{{2}})$"),
-                read: none(),
+                read: format!(r"^{prefix}\.({queues})\.dead$"),
             },
             Role::Consumer => Permissions {
                 configure: none(),
@@ -498,7 +499,12 @@ mod tests {
             r"^jp\.(jobs|dead|delay\.([0-9]{2}|deliver|unroutable)|(default|emails)(\.dead)?)$";
         let cases = [
             (Role::Topology, every_object, every_object, every_object),
-            (Role::Producer, "^$", r"^jp\.(jobs|delay\.[0-9]{2})$", "^$"),
+            (
+                Role::Producer,
+                "^$",
+                r"^jp\.(jobs|delay\.[0-9]{2})$",
+                r"^jp\.(default|emails)\.dead$",
+            ),
             (
                 Role::Consumer,
                 "^$",
@@ -540,11 +546,12 @@ mod tests {
                 (role(Role::Topology), role(Role::Producer), role(Role::Consumer));
             let ladder = |name: &str| (0..LEVELS).any(|level| name == topology.delay_level(level));
             let work = |name: &str| queues.iter().any(|q| name == topology.work_queue(q));
+            let dead = |name: &str| queues.iter().any(|q| name == topology.dead_queue(q));
             for name in &names {
                 for pattern in [&top_configure, &top_write, &top_read] {
                     proptest::prop_assert!(pattern.is_match(name), "{pattern} {name}");
                 }
-                for pattern in [&producer_configure, &producer_read, &consumer_configure] {
+                for pattern in [&producer_configure, &consumer_configure] {
                     proptest::prop_assert!(!pattern.is_match(name), "{pattern} {name}");
                 }
                 let publishes_jobs = *name == topology.jobs_exchange() || ladder(name);
@@ -552,12 +559,13 @@ mod tests {
                 proptest::prop_assert_eq!(producer_write.is_match(name), publishes_jobs);
                 proptest::prop_assert_eq!(consumer_write.is_match(name), publishes_failures);
                 proptest::prop_assert_eq!(consumer_read.is_match(name), work(name));
+                proptest::prop_assert_eq!(producer_read.is_match(name), dead(name));
             }
             for other in [format!("{prefix}.Z"), format!("{prefix}Z")] {
                 let other = Topology::new(Prefix::try_new(other).unwrap());
                 let plan = other.plan(&queues, &options(QueueType::Quorum));
                 for name in plan.exchanges.iter().map(|e| &e.name).chain(plan.queues.iter().map(|q| &q.name)) {
-                    for pattern in [&top_configure, &producer_write, &consumer_write, &consumer_read] {
+                    for pattern in [&top_configure, &producer_write, &producer_read, &consumer_write, &consumer_read] {
                         proptest::prop_assert!(!pattern.is_match(name), "{pattern} {name}");
                     }
                 }

@@ -124,27 +124,73 @@ impl QueueState {
         topology: &Topology,
         queues: &[QueueName],
     ) -> Result<(), lapin::Error> {
-        for queue in queues {
-            let (ready, consumers) = depth(channel, &topology.work_queue(queue)).await?;
-            let label = [("queue", queue.to_string())];
-            self.ready.get_or_create(&label).set(ready);
-            self.consumers.get_or_create(&label).set(consumers);
-            let (dead, _) = depth(channel, &topology.dead_queue(queue)).await?;
-            self.dead.get_or_create(&label).set(dead);
+        let depths = read_depths(channel, topology, queues).await?;
+        let gauge = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+        for queue in depths.queues {
+            let label = [("queue", queue.name.to_string())];
+            self.ready.get_or_create(&label).set(gauge(queue.ready));
+            self.consumers
+                .get_or_create(&label)
+                .set(i64::from(queue.consumers));
+            self.dead.get_or_create(&label).set(gauge(queue.dead));
         }
-        let mut delayed = 0;
-        for level in 0..LEVELS {
-            delayed += depth(channel, &topology.delay_level(level)).await?.0;
-        }
-        self.delayed.set(delayed);
-        self.unroutable
-            .set(depth(channel, &topology.delay_unroutable()).await?.0);
+        self.delayed.set(gauge(depths.delayed));
+        self.unroutable.set(gauge(depths.unroutable));
         Ok(())
     }
 }
 
+/// The depths of the configured queues and of the delay ladder, as read at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Depths {
+    /// Each work queue.
+    pub queues: Vec<QueueDepth>,
+    /// Jobs waiting in the delay ladder, all queues together.
+    pub delayed: u64,
+    /// Delayed jobs whose queue disappeared.
+    pub unroutable: u64,
+}
+
+/// One work queue's depths.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueDepth {
+    /// The queue.
+    pub name: QueueName,
+    /// Jobs ready.
+    pub ready: u64,
+    /// Consumers subscribed.
+    pub consumers: u32,
+    /// Jobs in its dead-letter queue.
+    pub dead: u64,
+}
+
+/// Reads the depths of `queues` and the ladder with passive declares on `channel` (which a
+/// missing queue closes): the numbers `/metrics` exports, and the operations API answers.
+pub async fn read_depths(
+    channel: &Channel,
+    topology: &Topology,
+    queues: &[QueueName],
+) -> Result<Depths, lapin::Error> {
+    let mut depths = Depths::default();
+    for queue in queues {
+        let (ready, consumers) = depth(channel, &topology.work_queue(queue)).await?;
+        let (dead, _) = depth(channel, &topology.dead_queue(queue)).await?;
+        depths.queues.push(QueueDepth {
+            name: queue.clone(),
+            ready: u64::from(ready),
+            consumers,
+            dead: u64::from(dead),
+        });
+    }
+    for level in 0..LEVELS {
+        depths.delayed += u64::from(depth(channel, &topology.delay_level(level)).await?.0);
+    }
+    depths.unroutable = u64::from(depth(channel, &topology.delay_unroutable()).await?.0);
+    Ok(depths)
+}
+
 /// Messages ready and consumers of `queue`, by a passive declare.
-async fn depth(channel: &Channel, queue: &str) -> Result<(i64, i64), lapin::Error> {
+async fn depth(channel: &Channel, queue: &str) -> Result<(u32, u32), lapin::Error> {
     let passive = QueueDeclareOptions {
         passive: true,
         ..QueueDeclareOptions::default()
@@ -152,8 +198,5 @@ async fn depth(channel: &Channel, queue: &str) -> Result<(i64, i64), lapin::Erro
     let declared = channel
         .queue_declare(queue.into(), passive, FieldTable::default())
         .await?;
-    Ok((
-        i64::from(declared.message_count()),
-        i64::from(declared.consumer_count()),
-    ))
+    Ok((declared.message_count(), declared.consumer_count()))
 }

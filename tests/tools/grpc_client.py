@@ -4,11 +4,13 @@ grpcio-tools), the way a team outside Rust calls jobpipe. jobpipe's tests run it
 
     grpc_client.py TARGET COMMAND [options]
       TARGET            host:port
-      COMMAND           submit | health
+      COMMAND           submit | health | dlq-list | dlq-replay
       --ca FILE         trust this CA and use TLS (without: plaintext)
       --cert FILE --key FILE   client certificate (mutual TLS)
       --token TOKEN     bearer token
-      --type TYPE --queue QUEUE --job-id ID   the job (submit)
+      --type TYPE --queue QUEUE --job-id ID   the job (submit); dlq-*: the queue and the type
+                        to select (dlq-list prints "job_ids", dlq-replay "replayed")
+      --to QUEUE        dlq-replay: replay into this queue
       --again           after the first answer, wait for a line on standard input and call again
                         on the same channel (the second answer adds "states": the channel's
                         connectivity states in between, ["READY"] if the connection never dropped)
@@ -33,15 +35,16 @@ def stubs():
     out = pathlib.Path(tempfile.mkdtemp(prefix="jobpipe-stubs-"))
     subprocess.run(
         [sys.executable, "-m", "grpc_tools.protoc", f"-I{ROOT / 'proto'}",
-         f"--python_out={out}", f"--grpc_python_out={out}", "jobpipe/v1/jobs.proto"],
+         f"--python_out={out}", f"--grpc_python_out={out}", "jobpipe/v1/jobs.proto",
+         "jobpipe/v1/admin.proto"],
         check=True,
     )
     for package in (out / "jobpipe", out / "jobpipe" / "v1"):
         (package / "__init__.py").touch()
     sys.path.insert(0, str(out))
-    from jobpipe.v1 import jobs_pb2, jobs_pb2_grpc  # noqa: E402
+    from jobpipe.v1 import admin_pb2, admin_pb2_grpc, jobs_pb2, jobs_pb2_grpc  # noqa: E402
 
-    return jobs_pb2, jobs_pb2_grpc
+    return jobs_pb2, jobs_pb2_grpc, admin_pb2, admin_pb2_grpc
 
 
 def channel(args):
@@ -63,8 +66,23 @@ def call(chan, args, metadata):
     import grpc
 
     try:
+        if args.command.startswith("dlq-"):
+            _, _, admin_pb2, admin_pb2_grpc = stubs()
+            stub = admin_pb2_grpc.AdminServiceStub(chan)
+            selector = admin_pb2.DeadLetterFilter(job_types=[args.type])
+            if args.command == "dlq-list":
+                page = stub.ListDeadLetters(
+                    admin_pb2.ListDeadLettersRequest(queue=args.queue or "", filter=selector),
+                    metadata=metadata, timeout=20)
+                return {"code": "OK", "job_ids": [entry.job_id for entry in page.entries]}
+            request = admin_pb2.ReplayDeadLettersRequest(
+                queue=args.queue or "", filter=selector, target_queue=args.to or "")
+            last = None
+            for progress in stub.ReplayDeadLetters(request, metadata=metadata, timeout=60):
+                last = progress
+            return {"code": "OK", "replayed": last.replayed, "done": last.done}
         if args.command == "submit":
-            jobs_pb2, jobs_pb2_grpc = stubs()
+            jobs_pb2, jobs_pb2_grpc, _, _ = stubs()
             stub = jobs_pb2_grpc.JobServiceStub(chan)
             spec = jobs_pb2.JobSpec(type=args.type, queue=args.queue or "", job_id=args.job_id or "")
             answer = stub.SubmitJob(jobs_pb2.SubmitJobRequest(job=spec), metadata=metadata, timeout=20)
@@ -84,8 +102,8 @@ def call(chan, args, metadata):
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("target")
-    parser.add_argument("command", choices=["submit", "health"])
-    for flag in ("--ca", "--cert", "--key", "--token", "--queue", "--job-id"):
+    parser.add_argument("command", choices=["submit", "health", "dlq-list", "dlq-replay"])
+    for flag in ("--ca", "--cert", "--key", "--token", "--queue", "--job-id", "--to"):
         parser.add_argument(flag)
     parser.add_argument("--again", action="store_true")
     parser.add_argument("--type", default="noop")
