@@ -1,6 +1,6 @@
 //! What every job task shares: the link, who runs which job type, the retry policy, the routes it
 //! publishes to (named once), the instance name, the metrics, the concurrency slots and the
-//! shutdown signal.
+//! shutdown signal. Built once, by `Consumer::run`.
 
 use crate::{dispatch::Dispatch, metrics::ConsumerMetrics, retry::RetryPolicy};
 use jobpipe_proto::topology::Topology;
@@ -32,48 +32,5 @@ pub(crate) struct Context {
     /// One slot per job allowed to run at once (`consumer.concurrency`).
     pub(crate) permits: Arc<Semaphore>,
     /// Cancelled when the consumer drains: jobs still waiting go back to their queue.
-    pub(crate) shutdown: CancellationToken,
-}
-
-impl Context {
-    /// Builds the context, naming every exchange once.
-    pub(crate) fn new(parts: ContextParts) -> Self {
-        let ContextParts {
-            link,
-            dispatch,
-            retry,
-            instance,
-            metrics,
-            topology,
-            max_timeout,
-            concurrency,
-            shutdown,
-        } = parts;
-        Self {
-            routes: Routes::new(&topology),
-            link,
-            dispatch,
-            retry,
-            instance,
-            metrics,
-            topology,
-            max_timeout,
-            permits: Arc::new(Semaphore::new(concurrency)),
-            shutdown,
-        }
-    }
-}
-
-/// What a [`Context`] is built from.
-#[derive(Debug)]
-pub(crate) struct ContextParts {
-    pub(crate) link: Link,
-    pub(crate) dispatch: Dispatch,
-    pub(crate) retry: RetryPolicy,
-    pub(crate) instance: String,
-    pub(crate) metrics: ConsumerMetrics,
-    pub(crate) topology: Topology,
-    pub(crate) max_timeout: Duration,
-    pub(crate) concurrency: usize,
     pub(crate) shutdown: CancellationToken,
 }

@@ -39,7 +39,7 @@ pub use worker::STARTED_TARGET;
 
 use crate::{
     config::Config,
-    context::{Context, ContextParts},
+    context::Context,
     dispatch::Dispatch,
     metrics::ConsumerMetrics,
     retry::{RetryPolicy, RetryPolicyError},
@@ -47,14 +47,14 @@ use crate::{
 };
 use jobpipe_runtime::{
     admin::Admin,
-    amqp::{AccessRefused, LinkError, Publishes},
+    amqp::{AccessRefused, LinkError, Publishes, Routes},
     base::{BaseConfig, ServiceBase},
     readiness::Blockers,
     settings::ConfigError,
 };
 use prometheus_client::registry::Registry;
 use std::{io, net::SocketAddr, sync::Arc};
-use tokio::task::JoinSet;
+use tokio::{sync::Semaphore, task::JoinSet};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{info, warn};
 
@@ -169,18 +169,20 @@ impl Consumer {
             &shutdown,
         );
 
+        let topology = config.topology.topology();
         let workers = Workers {
-            ctx: Arc::new(Context::new(ContextParts {
+            ctx: Arc::new(Context {
                 link: base.link.clone(),
                 dispatch,
                 retry,
                 instance,
                 metrics,
-                topology: config.topology.topology(),
+                routes: Routes::new(&topology),
+                topology,
                 max_timeout: config.consumer.max_timeout,
-                concurrency: config.consumer.concurrency,
+                permits: Arc::new(Semaphore::new(config.consumer.concurrency)),
                 shutdown: shutdown.clone(),
-            })),
+            }),
             tracker: TaskTracker::new(),
         };
         let mut subscriptions = JoinSet::new();

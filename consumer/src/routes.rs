@@ -31,6 +31,20 @@ pub struct RouteConfig {
     pub token_file: Option<PathBuf>,
 }
 
+impl RouteConfig {
+    /// A route of `job_type` to `target`, every other setting at its default.
+    pub fn new(job_type: impl Into<String>, target: impl Into<String>) -> Self {
+        Self {
+            job_type: job_type.into(),
+            target: target.into(),
+            concurrency: None,
+            timeout: None,
+            tls: None,
+            token_file: None,
+        }
+    }
+}
+
 /// Which job types a route takes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Pattern {
@@ -239,14 +253,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn route(job_type: &str, target: &str) -> RouteConfig {
-        RouteConfig {
-            job_type: job_type.into(),
-            target: target.into(),
-            concurrency: None,
-            timeout: None,
-            tls: None,
-            token_file: None,
-        }
+        RouteConfig::new(job_type, target)
     }
 
     #[test]

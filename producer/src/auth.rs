@@ -251,6 +251,16 @@ pub fn unauthenticated() -> Identity {
     }
 }
 
+/// The caller the admission layer identified on `request` (anonymous with every role when it
+/// did not run: authentication off, or a test calling a service directly).
+pub fn identity<T>(request: &tonic::Request<T>) -> Identity {
+    request
+        .extensions()
+        .get::<Identity>()
+        .cloned()
+        .unwrap_or_else(unauthenticated)
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CallersFile {

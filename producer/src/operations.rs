@@ -4,7 +4,7 @@
 //! so a crash in between leaves a duplicate, never a loss.
 
 use crate::{
-    auth::{Identity, unauthenticated},
+    auth::identity,
     dead_letters::{self, Filter, MAX_LISTED_PAYLOAD, PageToken, Scan, SortKey},
     queues::KnownQueues,
 };
@@ -209,13 +209,7 @@ impl admin_service_server::AdminService for AdminService {
         let caller = identity(&request).name().to_owned();
         let request = request.into_inner();
         let queue = self.inner.queue(&request.queue)?;
-        let filter = parse_filter(request.filter)?;
-        if filter.is_empty() && !request.all {
-            return Err(invalid(
-                "filter",
-                "selects nothing explicitly: name entries or set all to replay every one",
-            ));
-        }
+        let filter = selection(request.filter, request.all, "replay")?;
         let target = match request.target_queue.as_str() {
             "" => queue.clone(),
             name => QueueName::try_new(name)
@@ -257,13 +251,7 @@ impl admin_service_server::AdminService for AdminService {
         let caller = identity(&request).name().to_owned();
         let request = request.into_inner();
         let queue = self.inner.queue(&request.queue)?;
-        let filter = parse_filter(request.filter)?;
-        if filter.is_empty() && !request.all {
-            return Err(invalid(
-                "filter",
-                "selects nothing explicitly: name entries or set all to purge every one",
-            ));
-        }
+        let filter = selection(request.filter, request.all, "purge")?;
         let session = self.inner.session()?;
         let dead_queue = self.inner.topology.dead_queue(&queue);
         if filter.is_empty() && !request.dry_run {
@@ -507,6 +495,22 @@ fn parse_filter(filter: Option<jobpipe_proto::v1::DeadLetterFilter>) -> Result<F
     Filter::parse(filter).map_err(|(field, reason)| invalid(&field, &reason))
 }
 
+/// What a replay or purge changes: a filter that selects something, or `all` said explicitly.
+fn selection(
+    filter: Option<jobpipe_proto::v1::DeadLetterFilter>,
+    all: bool,
+    verb: &str,
+) -> Result<Filter, Status> {
+    let filter = parse_filter(filter)?;
+    if filter.is_empty() && !all {
+        return Err(invalid(
+            "filter",
+            &format!("selects nothing explicitly: name entries or set all to {verb} every one"),
+        ));
+    }
+    Ok(filter)
+}
+
 fn invalid(field: &str, reason: &str) -> Status {
     Status::invalid_argument(format!("{field}: {reason}"))
 }
@@ -517,13 +521,4 @@ fn broker(error: lapin::Error) -> Status {
     Status::unavailable(
         "the broker connection failed during the operation; nothing more was changed",
     )
-}
-
-/// The caller the admission layer identified.
-fn identity<T>(request: &Request<T>) -> Identity {
-    request
-        .extensions()
-        .get::<Identity>()
-        .cloned()
-        .unwrap_or_else(unauthenticated)
 }

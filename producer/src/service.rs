@@ -2,7 +2,7 @@
 //! has spoken.
 
 use crate::{
-    auth::{Identity, unauthenticated},
+    auth::{Identity, identity},
     error::SubmitError,
     metrics::{Method, Outcome, ProducerMetrics},
     queues::KnownQueues,
@@ -331,16 +331,6 @@ fn outcome(published: Result<(), PublishError>) -> Outcome {
         Err(PublishError::Unavailable | PublishError::Blocked) => Outcome::Unavailable,
         Err(PublishError::Lost) => Outcome::Lost,
     }
-}
-
-/// The caller the admission layer identified (anonymous with every role when it did not run:
-/// authentication off, or a test calling the service directly).
-fn identity<T>(request: &Request<T>) -> Identity {
-    request
-        .extensions()
-        .get::<Identity>()
-        .cloned()
-        .unwrap_or_else(unauthenticated)
 }
 
 /// A job handed to the broker, awaiting its confirm.

@@ -557,14 +557,7 @@ async fn a_replayed_job_whose_cause_was_fixed_succeeds_on_its_first_new_attempt(
 
     // The fix: a consumer that runs "report" (the recorded noop, routed by name).
     let mut config = consumer::config(&topology, "c2");
-    config.routes = vec![jobpipe_consumer::routes::RouteConfig {
-        job_type: "report".into(),
-        target: "noop".into(),
-        concurrency: None,
-        timeout: None,
-        tls: None,
-        token_file: None,
-    }];
+    config.routes = vec![jobpipe_consumer::routes::RouteConfig::new("report", "noop")];
     let consumer = RunningConsumer::start(config, recording_handlers("c2", &seen_tx)).await;
     let mut client = admin(&producer).await;
     let done = replay(
@@ -650,8 +643,8 @@ async fn a_producer_killed_mid_replay_loses_nothing() {
     assert!(missing.is_empty(), "lost: {missing:?}");
     let duplicates = ids.values().filter(|n| **n > 1).count();
     assert!(
-        duplicates <= 256,
-        "{duplicates} duplicates: at most the replays awaiting confirms"
+        duplicates <= 300,
+        "{duplicates} duplicates: at most the 256 replays awaiting confirms and the acks on the wire"
     );
     eprintln!(
         "killed mid-replay: {} entries, {duplicates} duplicated",

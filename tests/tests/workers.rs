@@ -29,14 +29,7 @@ use std::{
 use tokio::sync::mpsc;
 
 fn route(job_type: &str, target: &str) -> RouteConfig {
-    RouteConfig {
-        job_type: job_type.into(),
-        target: target.into(),
-        concurrency: None,
-        timeout: None,
-        tls: None,
-        token_file: None,
-    }
+    RouteConfig::new(job_type, target)
 }
 
 fn job(job_type: &str, payload: &str, max_attempts: u32) -> JobSpec {

@@ -4,7 +4,7 @@
 //! settings as the broker connection, so a connection that cannot be made is told apart from a
 //! call that failed.
 
-use super::{Answer, Called, MAX_ERROR_BYTES, retry_after, sanitize};
+use super::{Answer, Called, MAX_ERROR_BYTES, no_answer, retry_after, sanitize};
 use crate::handler::{Job, JobError};
 use jobpipe_proto::{
     job::TraceContext,
@@ -109,18 +109,14 @@ impl GrpcWorker {
             value.set_sensitive(true);
             metadata.insert("authorization", value);
         }
-        let timed_out = || {
-            Called::Answered(Err(JobError::transient(format!(
-                "the worker did not answer within {}",
-                humantime::format_duration(limit)
-            ))))
-        };
         // A clone of the client is a handle on the same channel. The channel enforces the
         // deadline itself; the outer bound only backs it up.
         let answer = tokio::time::timeout(limit, self.client.clone().handle(request)).await;
         match answer {
             Ok(Ok(_)) => (Called::Answered(Ok(())), Answer::Grpc(Code::Ok)),
-            Ok(Err(status)) if caused_by::<TimeoutExpired>(&status) => (timed_out(), Answer::None),
+            Ok(Err(status)) if caused_by::<TimeoutExpired>(&status) => {
+                (no_answer(limit), Answer::None)
+            }
             Ok(Err(status)) if caused_by::<ConnectFailed>(&status) => (
                 Called::Unreachable(status.message().to_owned()),
                 Answer::None,
@@ -129,7 +125,7 @@ impl GrpcWorker {
                 Called::Answered(Err(outcome(&status))),
                 Answer::Grpc(status.code()),
             ),
-            Err(_elapsed) => (timed_out(), Answer::None),
+            Err(_elapsed) => (no_answer(limit), Answer::None),
         }
     }
 }

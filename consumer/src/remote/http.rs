@@ -3,7 +3,7 @@
 //! outcome. Connections are pooled (HTTP/1.1 keep-alive, or HTTP/2 over TLS when the worker
 //! offers it); a response body is never read past a bound.
 
-use super::{Answer, Called, MAX_ERROR_BYTES, retry_after, sanitize};
+use super::{Answer, Called, MAX_ERROR_BYTES, no_answer, retry_after, sanitize};
 use crate::handler::{Job, JobError};
 use jobpipe_proto::job::TraceContext;
 use reqwest::{
@@ -108,13 +108,7 @@ impl HttpWorker {
             Err(error) if error.is_connect() => {
                 (Called::Unreachable(describe(&error)), Answer::None)
             }
-            Err(error) if error.is_timeout() => (
-                Called::Answered(Err(JobError::transient(format!(
-                    "the worker did not answer within {}",
-                    humantime::format_duration(limit)
-                )))),
-                Answer::None,
-            ),
+            Err(error) if error.is_timeout() => (no_answer(limit), Answer::None),
             Err(error) => (
                 Called::Answered(Err(JobError::transient(format!(
                     "the request to the worker failed: {}",

@@ -293,6 +293,14 @@ pub(crate) fn sanitize(bytes: &[u8]) -> String {
     cleaned.trim().to_owned()
 }
 
+/// A worker that did not answer within `limit`: a transient failure of the attempt.
+fn no_answer(limit: Duration) -> Called {
+    Called::Answered(Err(JobError::transient(format!(
+        "the worker did not answer within {}",
+        humantime::format_duration(limit)
+    ))))
+}
+
 /// The retry a worker asked for, as a job error.
 fn retry_after(error: String, after: Duration) -> JobError {
     JobError::RetryAfter { error, after }
