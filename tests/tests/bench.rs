@@ -1,7 +1,8 @@
 //! `make bench` keeps working: a small run of every phase accounts for every job and prints its
 //! table and JSON line.
 
-use jobpipe_tests::process::output;
+use jobpipe_tests::process::output_within;
+use std::time::Duration;
 
 #[tokio::test]
 async fn a_small_benchmark_run_accounts_for_every_job() {
@@ -17,7 +18,8 @@ async fn a_small_benchmark_run_accounts_for_every_job() {
         "--latency-secs",
         "1",
     ];
-    let (status, text) = output("jobpipe-bench", &args, &[]).await;
+    // About 10 s alone; several times that beside the rest of `make test` on two cores.
+    let (status, text) = output_within(Duration::from_secs(120), "jobpipe-bench", &args, &[]).await;
     assert!(status.success(), "{text}");
     let json = text
         .lines()
@@ -32,6 +34,21 @@ async fn a_small_benchmark_run_accounts_for_every_job() {
         assert!(phase["jobs"].as_u64() >= Some(300), "{phase}");
         assert!(phase["jobs_per_sec"].as_f64() > Some(0.0), "{phase}");
     }
+    // The batched load again through an HTTP and a gRPC worker, read against the in-process one.
+    let workers = report["worker_phases"].as_array().expect("worker phases");
+    assert_eq!(workers.len(), 2, "{json}");
+    for phase in workers {
+        assert_eq!(phase["lost"], 0, "{phase}");
+        assert!(phase["jobs"].as_u64() >= Some(300), "{phase}");
+    }
+    assert!(
+        report["ratios"]["http_vs_noop"].as_f64().is_some(),
+        "{json}"
+    );
+    assert!(
+        report["ratios"]["grpc_vs_noop"].as_f64().is_some(),
+        "{json}"
+    );
     assert_eq!(report["targets"]["zero_lost"], true);
     assert!(report["ratios"]["batched"].as_f64().is_some(), "{json}");
     assert!(text.contains("jobpipe batched"), "the table is printed");

@@ -171,5 +171,8 @@ async fn measure(
         cpu_us_per_job: None,
         lost,
         duplicates,
+        worker_cpu_us_per_job: None,
+        worker_requests: None,
+        vs_noop: None,
     })
 }

@@ -5,7 +5,10 @@
 //! 1. the broker's limit: plain lapin publisher and consumers;
 //! 2. jobpipe with `SubmitJobs` batches, several in flight;
 //! 3. jobpipe with one `SubmitJob` per job from many callers;
-//! 4. latency below saturation at a fixed rate, the baseline then jobpipe.
+//! 4. latency below saturation at a fixed rate, the baseline then jobpipe;
+//! 5. and 6. the batched load again, with the consumers dispatching every job to a remote worker
+//!    in the bench process: HTTP (`http`), then gRPC (`grpc`), run right after phase 2 and
+//!    reported beside it.
 //!
 //! Prints a table and one JSON line; exits non-zero if any confirmed job was lost.
 
@@ -13,6 +16,7 @@ mod baseline;
 mod load;
 mod pipeline;
 mod report;
+mod worker;
 
 use clap::Parser;
 use jobpipe_proto::topology::QueueType;
@@ -60,11 +64,11 @@ pub(crate) struct Options {
     /// Handlers running at once per consumer (jobpipe's default).
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
-    /// Run only these phases (for profiling): baseline, batched, single, latency.
+    /// Run only these phases (for profiling): baseline, batched, single, latency, http, grpc.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "baseline,batched,single,latency"
+        default_value = "baseline,batched,single,latency,http,grpc"
     )]
     phases: Vec<String>,
 }
@@ -167,6 +171,20 @@ async fn main() -> anyhow::Result<ExitCode> {
         true => Some(jobpipe("jobpipe batched", &opts, opts.jobs, Mode::Batched).await?),
         false => None,
     };
+    // Right after the in-process batched phase, which they are read against.
+    let mut workers = Vec::new();
+    for (phase, name, kind) in [
+        ("http", "jobpipe via HTTP worker", worker::Kind::Http),
+        ("grpc", "jobpipe via gRPC worker", worker::Kind::Grpc),
+    ] {
+        if wants(phase) {
+            let mut measured = dispatch(name, &opts, kind).await?;
+            measured.vs_noop = batched
+                .as_ref()
+                .map(|noop| measured.jobs_per_sec / noop.jobs_per_sec);
+            workers.push((phase, measured));
+        }
+    }
     let single = match wants("single") {
         true => Some(jobpipe("jobpipe one job per RPC", &opts, opts.jobs, Mode::Single).await?),
         false => None,
@@ -194,16 +212,34 @@ async fn main() -> anyhow::Result<ExitCode> {
             .and_then(|p| p.latency)
             .map_or(f64::NAN, |l| l.p99_ms)
     };
+    let worker = |name: &str| {
+        workers
+            .iter()
+            .find(|(phase, _)| *phase == name)
+            .map(|(_, p)| p)
+    };
+    let vs_noop = |name: &str| worker(name).and_then(|p| p.vs_noop).unwrap_or(f64::NAN);
+    let worker_rss = |name: &str| {
+        worker(name).map_or(f64::NAN, |p| {
+            p.consumer_rss_mib.iter().copied().fold(0.0, f64::max)
+        })
+    };
     let ratios = serde_json::json!({
         "batched": rate_ratio(&batched),
         "single": rate_ratio(&single),
         "latency_p99": p99(&jobpipe_paced) / p99(&base_paced),
+        "http_vs_noop": vs_noop("http"),
+        "grpc_vs_noop": vs_noop("grpc"),
     });
+    let noop = batched.clone();
     let phases: Vec<Phase> = [baseline, batched.clone(), single, base_paced, jobpipe_paced]
         .into_iter()
         .flatten()
         .collect();
-    report::table(&phases, base);
+    let worker_phases: Vec<Phase> = workers.iter().map(|(_, p)| p.clone()).collect();
+    let table: Vec<Phase> = phases.iter().chain(&worker_phases).cloned().collect();
+    report::table(&table, base);
+    report::workers_table(noop.as_ref(), &worker_phases);
     let producer_rss = batched
         .as_ref()
         .and_then(|p| p.producer_rss_mib)
@@ -211,7 +247,7 @@ async fn main() -> anyhow::Result<ExitCode> {
     let consumer_rss = batched.as_ref().map_or(f64::NAN, |p| {
         p.consumer_rss_mib.iter().copied().fold(0.0, f64::max)
     });
-    let lost: usize = phases.iter().map(|p| p.lost).sum();
+    let lost: usize = table.iter().map(|p| p.lost).sum();
     let ratio = |name: &str| ratios[name].as_f64().unwrap_or(f64::NAN);
     let targets = serde_json::json!({
         "batched_ge_0.7": ratio("batched") >= 0.7,
@@ -219,6 +255,10 @@ async fn main() -> anyhow::Result<ExitCode> {
         "latency_p99_le_3x": ratio("latency_p99") <= 3.0,
         "consumer_rss_le_25mib": consumer_rss <= 25.0,
         "producer_rss_le_30mib": producer_rss <= 30.0,
+        "http_ge_0.6x_noop": vs_noop("http") >= 0.6,
+        "grpc_ge_0.6x_noop": vs_noop("grpc") >= 0.6,
+        "http_consumer_rss_le_25mib": worker_rss("http") <= 25.0,
+        "grpc_consumer_rss_le_25mib": worker_rss("grpc") <= 25.0,
         "zero_lost": lost == 0,
     });
     println!(
@@ -231,6 +271,15 @@ async fn main() -> anyhow::Result<ExitCode> {
     println!(
         "peak RSS under batched load: producer {producer_rss:.1} MiB (<= 30), consumers {consumer_rss:.1} MiB (<= 25)"
     );
+    if !worker_phases.is_empty() {
+        println!(
+            "remote workers over in-process noop: HTTP {:.2} (target >= 0.6), gRPC {:.2} (>= 0.6); consumer peak RSS HTTP {:.1} MiB, gRPC {:.1} MiB (<= 25)",
+            vs_noop("http"),
+            vs_noop("grpc"),
+            worker_rss("http"),
+            worker_rss("grpc"),
+        );
+    }
     println!(
         "{}",
         serde_json::json!({
@@ -244,6 +293,7 @@ async fn main() -> anyhow::Result<ExitCode> {
                 "consumers": opts.consumers, "prefetch": opts.prefetch, "concurrency": opts.concurrency,
             },
             "phases": phases,
+            "worker_phases": worker_phases,
             "ratios": ratios,
             "targets": targets,
         })
@@ -255,10 +305,32 @@ async fn main() -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The batched load through consumers that dispatch every job to a worker of `kind` in this
+/// process (started for the phase, stopped after it).
+async fn dispatch(name: &str, opts: &Options, kind: worker::Kind) -> anyhow::Result<Phase> {
+    let worker = worker::Worker::start(kind)?;
+    let phase = run(name, opts, opts.jobs, Mode::Batched, Some(&worker)).await;
+    worker.stop().await;
+    phase
+}
+
 /// One jobpipe phase: fresh processes, the load, every job accounted for.
 async fn jobpipe(name: &str, opts: &Options, jobs: usize, mode: Mode) -> anyhow::Result<Phase> {
-    let mut pipeline = pipeline::Pipeline::start(opts).await?;
+    run(name, opts, jobs, mode, None).await
+}
+
+/// One jobpipe phase, its consumers running the `noop` handler or routing every job to `worker`.
+async fn run(
+    name: &str,
+    opts: &Options,
+    jobs: usize,
+    mode: Mode,
+    worker: Option<&worker::Worker>,
+) -> anyhow::Result<Phase> {
+    let target = worker.map(worker::Worker::target);
+    let mut pipeline = pipeline::Pipeline::start(opts, target.as_deref()).await?;
     let (producer_before, consumers_before) = pipeline.usage();
+    let worker_before = worker.map(|w| (w.cpu(), w.requests()));
     let bar = progress(name, jobs);
     let started = Instant::now();
     let first_submit = SystemTime::now();
@@ -275,6 +347,7 @@ async fn jobpipe(name: &str, opts: &Options, jobs: usize, mode: Mode) -> anyhow:
         acked = pipeline.acked().await;
     }
     let (producer, consumers) = pipeline.usage();
+    let worker_after = worker.map(|w| (w.cpu(), w.requests()));
     pipeline.stop().await;
 
     // The last job's start; a noop handler's ack follows within microseconds.
@@ -317,5 +390,12 @@ async fn jobpipe(name: &str, opts: &Options, jobs: usize, mode: Mode) -> anyhow:
         cpu_us_per_job: Some(cpu.as_secs_f64() * 1e6 / submitted.len().max(1) as f64),
         lost,
         duplicates,
+        worker_cpu_us_per_job: worker_before.zip(worker_after).map(|(before, after)| {
+            (after.0 - before.0).as_secs_f64() * 1e6 / submitted.len().max(1) as f64
+        }),
+        worker_requests: worker_before
+            .zip(worker_after)
+            .map(|(before, after)| after.1 - before.1),
+        vs_noop: None,
     })
 }

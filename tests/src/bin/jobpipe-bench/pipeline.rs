@@ -41,11 +41,15 @@ pub(crate) struct Pipeline {
     /// Job events from every consumer.
     pub(crate) events: mpsc::UnboundedReceiver<JobEvent>,
     _topology: TestTopology,
+    /// The consumers' configuration file, when they route to a remote worker.
+    _config: Option<tempfile::NamedTempFile>,
 }
 
 impl Pipeline {
-    /// Starts the processes on a topology of their own and waits until all are ready.
-    pub(crate) async fn start(opts: &Options) -> anyhow::Result<Self> {
+    /// Starts the processes on a topology of their own and waits until all are ready. With a
+    /// `route` target (a worker's URL), the consumers get a configuration file whose single
+    /// route `*` sends every job there; without one they run the in-process `noop` handler.
+    pub(crate) async fn start(opts: &Options, route: Option<&str>) -> anyhow::Result<Self> {
         let topology = TestTopology::new("bench", &["default"]);
         let prefix = topology.config().prefix.to_string();
         let common = |admin: SocketAddr| {
@@ -71,6 +75,17 @@ impl Pipeline {
         ));
         let producer = Service::start("jobpipe-producer", &[], &env);
 
+        let config = match route {
+            Some(target) => Some(routes_file(target)?),
+            None => None,
+        };
+        let config_path = config
+            .as_ref()
+            .map(|file| file.path().to_string_lossy().into_owned());
+        let args: Vec<&str> = match &config_path {
+            Some(path) => vec!["--config", path],
+            None => Vec::new(),
+        };
         let (sender, events) = mpsc::unbounded_channel();
         let mut consumers = Vec::new();
         let mut consumer_admins = Vec::new();
@@ -92,7 +107,7 @@ impl Pipeline {
                 ),
                 ("JOBPIPE__CONSUMER__INSTANCE", format!("bench-{index}")),
             ]);
-            let (consumer, stdout) = Service::start_piped("jobpipe-consumer", &[], &env);
+            let (consumer, stdout) = Service::start_piped("jobpipe-consumer", &args, &env);
             tokio::spawn(read_events(stdout, sender.clone()));
             consumers.push(consumer);
         }
@@ -111,6 +126,7 @@ impl Pipeline {
             consumers,
             events,
             _topology: topology,
+            _config: config,
         })
     }
 
@@ -147,6 +163,19 @@ impl Pipeline {
             consumer.exit(Duration::from_secs(30)).await;
         }
     }
+}
+
+/// A consumer configuration file with one route, `*`, to `target`.
+fn routes_file(target: &str) -> anyhow::Result<tempfile::NamedTempFile> {
+    use std::io::Write;
+    let mut file = tempfile::Builder::new()
+        .prefix("jobpipe-bench-")
+        .suffix(".toml")
+        .tempfile()?;
+    // The target is a loopback URL the bench made: no quoting beyond TOML's basic string.
+    writeln!(file, "[[routes]]\njob_type = \"*\"\ntarget = \"{target}\"")?;
+    file.flush()?;
+    Ok(file)
 }
 
 /// Collects job starts until `expected` distinct jobs started (or `limit` passes).

@@ -54,6 +54,16 @@ pub(crate) struct Phase {
     pub(crate) lost: usize,
     /// Jobs processed more than once.
     pub(crate) duplicates: usize,
+    /// Remote-worker phases: the worker's own CPU time per job, microseconds. The worker runs in
+    /// the bench process (threads of its own), so this is not part of `cpu_us_per_job`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) worker_cpu_us_per_job: Option<f64>,
+    /// Remote-worker phases: requests the worker answered with success.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) worker_requests: Option<u64>,
+    /// Remote-worker phases: jobs/s over the in-process `noop` batched phase's of the same run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) vs_noop: Option<f64>,
 }
 
 /// Prints the results as a table.
@@ -102,6 +112,48 @@ pub(crate) fn table(phases: &[Phase], baseline_rate: f64) {
             p.cpu_us_per_job.map_or("-".into(), |c| format!("{c:.0}")),
             p.lost,
             p.duplicates,
+        );
+    }
+}
+
+/// Prints the remote-worker phases beside the in-process `noop` batched phase of the same run.
+pub(crate) fn workers_table(noop: Option<&Phase>, workers: &[Phase]) {
+    if workers.is_empty() {
+        return;
+    }
+    println!(
+        "\nremote workers, batched load, beside the in-process noop handler (worker CPU: its threads in the bench process)"
+    );
+    println!(
+        "{:<28} {:>9} {:>6} {:>13} {:>8} {:>9} {:>5}",
+        "phase", "jobs/s", "×noop", "cons MiB", "CPU µs/j", "wkr µs/j", "lost"
+    );
+    let rss = |p: &Phase| {
+        if p.consumer_rss_mib.is_empty() {
+            "-".to_owned()
+        } else {
+            p.consumer_rss_mib
+                .iter()
+                .map(|m| format!("{m:.1}"))
+                .collect::<Vec<_>>()
+                .join("/")
+        }
+    };
+    for (p, ratio) in noop
+        .map(|p| (p, Some(1.0)))
+        .into_iter()
+        .chain(workers.iter().map(|p| (p, p.vs_noop)))
+    {
+        println!(
+            "{:<28} {:>9.0} {:>6} {:>13} {:>8} {:>9} {:>5}",
+            p.name,
+            p.jobs_per_sec,
+            ratio.map_or("-".into(), |r| format!("{r:.2}")),
+            rss(p),
+            p.cpu_us_per_job.map_or("-".into(), |c| format!("{c:.0}")),
+            p.worker_cpu_us_per_job
+                .map_or("-".into(), |c| format!("{c:.0}")),
+            p.lost,
         );
     }
 }
