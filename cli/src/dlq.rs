@@ -86,6 +86,16 @@ impl Selector {
         }
     }
 
+    /// Refuses a `verb` that would change every dead letter without `--all`.
+    fn require(&self, all: bool, verb: &str) -> Result<(), Error> {
+        if self.is_empty() && !all {
+            return Err(Error::usage(format!(
+                "{verb}: select dead letters (--type, --kind, --job-id, --since...) or pass --all"
+            )));
+        }
+        Ok(())
+    }
+
     fn is_empty(&self) -> bool {
         self.job_types.is_empty()
             && self.kinds.is_empty()
@@ -293,11 +303,7 @@ async fn replay(
     client: &mut AdminServiceClient<Grpc>,
     args: ReplayArgs,
 ) -> Result<(), Error> {
-    if args.select.is_empty() && !args.all {
-        return Err(Error::usage(
-            "replay: select dead letters (--type, --kind, --job-id, --since...) or pass --all",
-        ));
-    }
+    args.select.require(args.all, "replay")?;
     let request = ReplayDeadLettersRequest {
         queue: args.select.queue.clone(),
         filter: Some(args.select.filter()),
@@ -312,8 +318,9 @@ async fn replay(
     let bar = progress_bar(args.output);
     let mut last = ReplayProgress::default();
     loop {
-        // The producer reports at least every quarter second; silence for --timeout is a
-        // producer that stopped answering.
+        // The producer reports every quarter second while it reads the queue (the last
+        // confirms and giving entries back take a few seconds more); silence for --timeout is
+        // a producer that stopped answering.
         let next = target.within("ReplayDeadLetters", stream.message()).await?;
         match next {
             Some(progress) => {
@@ -390,11 +397,7 @@ async fn purge(
     client: &mut AdminServiceClient<Grpc>,
     args: PurgeArgs,
 ) -> Result<(), Error> {
-    if args.select.is_empty() && !args.all {
-        return Err(Error::usage(
-            "purge: select dead letters (--type, --kind, --job-id, --since...) or pass --all",
-        ));
-    }
+    args.select.require(args.all, "purge")?;
     let request = |dry_run| PurgeDeadLettersRequest {
         queue: args.select.queue.clone(),
         filter: Some(args.select.filter()),

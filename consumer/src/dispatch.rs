@@ -49,7 +49,7 @@ impl Dispatch {
                             .get(name)
                             .map(Runner::Local)
                             .ok_or_else(|| ConfigError::Invalid {
-                                key: Box::leak(format!("routes[{index}].target").into_boxed_str()),
+                                key: routes::key(index, "target"),
                                 reason: format!(
                                     "no handler is registered as \"{name}\" (registered: {})",
                                     handler_names(&handlers)

@@ -150,9 +150,7 @@ impl Consumer {
             types.iter().map(String::as_str),
         );
         for remote in dispatch.remotes() {
-            remote
-                .health
-                .report_on(metrics.register_worker(remote.label));
+            remote.attach(metrics.register_worker(remote.label));
         }
         let base = ServiceBase::start(
             BaseConfig {

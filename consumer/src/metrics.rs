@@ -65,6 +65,17 @@ struct RequestLabels {
     status: &'static str,
 }
 
+/// One route's worker series.
+#[derive(Debug, Clone)]
+pub(crate) struct WorkerSeries {
+    /// 1 while the worker can be reached.
+    pub(crate) up: Gauge,
+    /// Calls in flight.
+    pub(crate) in_flight: Gauge,
+    /// Time per call.
+    pub(crate) seconds: Histogram,
+}
+
 /// Every metric the consumer exports.
 #[derive(Debug, Clone)]
 pub(crate) struct ConsumerMetrics {
@@ -152,7 +163,8 @@ impl ConsumerMetrics {
         registry.register(
             "jobpipe_worker_requests",
             "Calls to remote workers, by route, outcome (succeeded, transient, permanent, \
-             retry_after, timeout, unreachable) and status (HTTP class, gRPC code, or none)",
+             retry_after, unreachable; no answer in time is transient) and status (HTTP class, \
+             gRPC code, or none)",
             metrics.worker_requests.clone(),
         );
         registry.register(
@@ -173,31 +185,20 @@ impl ConsumerMetrics {
         metrics
     }
 
-    /// Creates route `route`'s series, so they exist from the start, and returns its `up`
-    /// gauge for the worker's health to set.
-    pub(crate) fn register_worker(&self, route: &'static str) -> Gauge {
+    /// Creates route `route`'s series, so they exist from the start, and returns them for the
+    /// route's worker to update without a lookup per call.
+    pub(crate) fn register_worker(&self, route: &'static str) -> WorkerSeries {
         let labels = RouteLabels { route };
-        drop(self.worker_seconds.get_or_create(&labels));
-        drop(self.worker_in_flight.get_or_create(&labels));
-        // A clone shares the family's value.
-        self.worker_up.get_or_create(&labels).clone()
-    }
-
-    /// The in-flight gauge of route `route`'s worker.
-    pub(crate) fn worker_in_flight(&self, route: &'static str) -> Gauge {
-        self.worker_in_flight
-            .get_or_create(&RouteLabels { route })
-            .clone()
+        // Clones share the family's values.
+        WorkerSeries {
+            up: self.worker_up.get_or_create(&labels).clone(),
+            in_flight: self.worker_in_flight.get_or_create(&labels).clone(),
+            seconds: self.worker_seconds.get_or_create(&labels).clone(),
+        }
     }
 
     /// Counts a call to route `route`'s worker.
-    pub(crate) fn worker_request(
-        &self,
-        route: &'static str,
-        attempt: &Attempt,
-        answer: Answer,
-        elapsed: Duration,
-    ) {
+    pub(crate) fn worker_request(&self, route: &'static str, attempt: &Attempt, answer: Answer) {
         let outcome = match attempt {
             Attempt::Succeeded => "succeeded",
             Attempt::Withdrawn => "unreachable",
@@ -214,9 +215,6 @@ impl ConsumerMetrics {
                 status: answer.label(),
             })
             .inc();
-        self.worker_seconds
-            .get_or_create(&RouteLabels { route })
-            .observe(elapsed.as_secs_f64());
     }
 
     /// Counts a settled delivery. `reason` is the failure kind, if the attempt failed.

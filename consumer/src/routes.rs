@@ -192,13 +192,18 @@ pub(crate) struct Route {
     pub(crate) config: RouteConfig,
 }
 
+/// The configuration key `routes[index].field`, for errors that name it. Leaked: made at
+/// start-up only, a few per route, so that `ConfigError` keeps its `&'static str` key.
+pub(crate) fn key(index: usize, field: &str) -> &'static str {
+    Box::leak(format!("routes[{index}].{field}").into_boxed_str())
+}
+
 /// Parses and checks `[[routes]]`; each error names the entry's key (`routes[2].target`).
 pub(crate) fn parse(routes: &[RouteConfig]) -> Result<Vec<Route>, ConfigError> {
     let mut parsed: Vec<Route> = Vec::with_capacity(routes.len());
     for (index, config) in routes.iter().enumerate() {
         let invalid = |field: &str, reason: String| ConfigError::Invalid {
-            // Leaked once per bad key at start-up, so the error can name the entry exactly.
-            key: Box::leak(format!("routes[{index}].{field}").into_boxed_str()),
+            key: key(index, field),
             reason,
         };
         let pattern = Pattern::parse(&config.job_type).map_err(|r| invalid("job_type", r))?;

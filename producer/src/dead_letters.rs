@@ -155,13 +155,9 @@ pub(crate) fn summarize(properties: &BasicProperties) -> Summary {
     let empty = lapin::types::FieldTable::default();
     let table = properties.headers().as_ref().unwrap_or(&empty);
     let text = |name: &str| text_header(table, name).map(|s| s.into_owned());
+    // Without jobpipe's record, RabbitMQ's reason (`delivery_limit`, `rejected`, ...).
     let kind = text(headers::ERROR_KIND)
         .or_else(|| text("x-first-death-reason"))
-        .map(|reason| match reason.as_str() {
-            // RabbitMQ's words for the same thing.
-            "delivery_limit" | "rejected" => reason,
-            other => other.to_owned(),
-        })
         .unwrap_or_default();
     Summary {
         job_id: properties

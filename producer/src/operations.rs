@@ -519,6 +519,6 @@ fn invalid(field: &str, reason: &str) -> Status {
 fn broker(error: lapin::Error) -> Status {
     warn!(%error, "Dead-letter operation failed on the broker.");
     Status::unavailable(
-        "the broker connection failed during the operation; nothing more was changed",
+        "the broker connection failed during the operation; what was done stays done, the rest is still dead-lettered",
     )
 }

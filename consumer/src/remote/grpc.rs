@@ -1,8 +1,8 @@
 //! The gRPC worker contract (`proto/jobpipe/v1/worker.proto`): one `Worker.Handle` call per
 //! attempt on one HTTP/2 channel per worker, the attempt's deadline as the call's, the status
-//! read as the outcome. The channel connects through this module's connector, over the same TLS
-//! settings as the broker connection, so a connection that cannot be made is told apart from a
-//! call that failed.
+//! read as the outcome. The channel connects through this module's connector, over the route's
+//! `tls` settings (the shape of `amqp.tls`), so a connection that cannot be made is told apart
+//! from a call that failed.
 
 use super::{Answer, Called, MAX_ERROR_BYTES, no_answer, retry_after, sanitize};
 use crate::handler::{Job, JobError};
@@ -173,7 +173,11 @@ fn handle_request(job: &Job) -> HandleRequest {
         max_attempts: job.max_attempts,
         payload: job.payload.clone(),
         content_type: job.content_type.clone(),
-        metadata: job.metadata.clone().into_iter().collect(),
+        metadata: job
+            .metadata
+            .iter()
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect(),
         submitted_at: Some(prost_types::Timestamp::from(job.submitted_at)),
         deadline: Some(prost_types::Timestamp::from(deadline)),
     }

@@ -31,7 +31,7 @@ pub(crate) mod names {
     pub(crate) const ATTEMPT: &str = "jobpipe-attempt";
     /// The attempts the job gets.
     pub(crate) const MAX_ATTEMPTS: &str = "jobpipe-max-attempts";
-    /// When the attempt is abandoned, RFC 3339.
+    /// When the attempt is abandoned, RFC 3339 (a route's `timeout` may end the request sooner).
     pub(crate) const DEADLINE: &str = "jobpipe-deadline";
     /// When the job was submitted, RFC 3339.
     pub(crate) const SUBMITTED_AT: &str = "jobpipe-submitted-at";

@@ -12,14 +12,15 @@ pub(crate) use health::Health;
 use crate::{
     context::Context,
     handler::{Job, JobError},
+    metrics::WorkerSeries,
     outcome::Attempt,
-    routes::{Route, Target},
+    routes::{self, Route, Target},
     worker::from_result,
 };
 use jobpipe_proto::job::TraceContext;
 use jobpipe_runtime::{readiness::Blockers, settings::ConfigError, tls::TlsKeys};
 use std::{
-    sync::Arc,
+    sync::{Arc, OnceLock},
     time::{Duration, Instant},
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -77,6 +78,8 @@ pub(crate) struct Remote {
     authorization: Option<Authorization>,
     /// Whether the worker can be reached.
     pub(crate) health: Arc<Health>,
+    /// Its metric series, once registered.
+    series: OnceLock<WorkerSeries>,
 }
 
 #[derive(Debug)]
@@ -93,9 +96,7 @@ impl Remote {
         concurrency: usize,
         blockers: &Blockers,
     ) -> Result<Self, ConfigError> {
-        let key = |field: &str| -> &'static str {
-            Box::leak(format!("routes[{index}].{field}").into_boxed_str())
-        };
+        let key = |field: &str| routes::key(index, field);
         let config = &route.config;
         let tls = match (&config.tls, route.target.tls()) {
             (_, false) => None,
@@ -160,7 +161,14 @@ impl Remote {
             timeout: config.timeout,
             authorization,
             health: Health::new(label, &config.target, address, blockers.clone()),
+            series: OnceLock::new(),
         })
+    }
+
+    /// Reports on `series` from now on.
+    pub(crate) fn attach(&self, series: WorkerSeries) {
+        self.health.report_on(series.up.clone());
+        let _ = self.series.set(series);
     }
 
     /// Runs one attempt of `job` at the worker, within `limit` (the attempt's time left), the
@@ -228,31 +236,33 @@ pub(crate) async fn call(
             }
         }
         // The attempt's time starts when it can run.
-        job.deadline = Instant::now() + timeout;
         let started = Instant::now();
+        job.deadline = started + timeout;
+        let series = remote.series.get();
         ctx.metrics.in_flight.inc();
-        let in_flight = ctx.metrics.worker_in_flight(remote.label);
-        in_flight.inc();
+        if let Some(series) = series {
+            series.in_flight.inc();
+        }
         let (called, answer) = remote.call(&job, trace, timeout).await;
-        in_flight.dec();
+        if let Some(series) = series {
+            series.in_flight.dec();
+        }
         ctx.metrics.in_flight.dec();
         drop(route_permit);
-        match called {
-            Called::Answered(result) => {
-                let attempt = from_result(result);
-                ctx.metrics
-                    .worker_request(remote.label, &attempt, answer, started.elapsed());
-                return attempt;
-            }
+        if let Some(series) = series {
+            series.seconds.observe(started.elapsed().as_secs_f64());
+        }
+        let attempt = match called {
+            Called::Answered(result) => Some(from_result(result)),
             Called::Unreachable(error) => {
-                ctx.metrics.worker_request(
-                    remote.label,
-                    &Attempt::Withdrawn,
-                    answer,
-                    started.elapsed(),
-                );
                 remote.health.down(&error);
+                None
             }
+        };
+        let counted = attempt.as_ref().unwrap_or(&Attempt::Withdrawn);
+        ctx.metrics.worker_request(remote.label, counted, answer);
+        if let Some(attempt) = attempt {
+            return attempt;
         }
     }
 }
