@@ -72,7 +72,12 @@ pub(crate) struct Selector {
 
 impl Selector {
     fn filter(&self) -> DeadLetterFilter {
-        let since = self.since.map(|ago| SystemTime::now() - ago);
+        // An age beyond the epoch selects everything since it.
+        let since = self.since.map(|ago| {
+            SystemTime::now()
+                .checked_sub(ago)
+                .unwrap_or(SystemTime::UNIX_EPOCH)
+        });
         let after = match (since, self.after) {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),

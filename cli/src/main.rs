@@ -25,7 +25,7 @@ use clap::{
     Parser, Subcommand,
     error::{ContextKind, ContextValue, ErrorKind},
 };
-use std::{fmt, process::ExitCode};
+use std::{fmt, process::ExitCode, time::Duration};
 use tonic::{Code, Status};
 
 /// A command-line client for a jobpipe producer.
@@ -72,7 +72,11 @@ async fn main() -> ExitCode {
             Ok(code) => return code,
             Err(error) => Err(Error::from_demo(&error)),
         },
-        Command::Dlq(command) => dlq::run(&cli.target, command).await,
+        // Its calls read a whole dead-letter queue: about 10 s per 100,000 entries.
+        Command::Dlq(command) => {
+            let target = cli.target.waiting_by_default(Duration::from_secs(120));
+            dlq::run(&target, command).await
+        }
         Command::Queues(args) => queues::queues(&cli.target, args).await,
         Command::Watch(args) => queues::watch(&cli.target, args).await,
         Command::BrokerPermissions(args) => permissions::run(&args),

@@ -41,21 +41,35 @@ pub(crate) struct Target {
     #[arg(long, env = "JOBPIPE_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
     /// How long to wait for the producer, e.g. `30s`: to connect, and for the answer to each
-    /// call (the call's deadline). Give it before the command: `submit --timeout` is the job's.
+    /// call (the call's deadline); 10s, and 2m for `dlq`, whose calls read a whole dead-letter
+    /// queue. Give it before the command: `submit --timeout` is the job's.
     // Not `global`: `submit` and `demo` have a `--timeout` of their own.
-    #[arg(
-        long = "timeout",
-        env = "JOBPIPE_TIMEOUT",
-        default_value = "10s",
-        value_parser = parse_timeout
-    )]
-    timeout: Duration,
+    #[arg(long = "timeout", env = "JOBPIPE_TIMEOUT", value_parser = parse_timeout)]
+    given_timeout: Option<Duration>,
+    /// The timeout when none is given.
+    #[arg(skip = DEFAULT_TIMEOUT)]
+    default_timeout: Duration,
 }
+
+/// How long a call may take when `--timeout` says nothing.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A channel to the producer that gives every call its token and deadline.
 pub(crate) type Grpc = InterceptedService<Channel, PerCall>;
 
 impl Target {
+    /// This target, waiting `default` when `--timeout` says nothing.
+    pub(crate) fn waiting_by_default(&self, default: Duration) -> Self {
+        Self {
+            default_timeout: default,
+            ..self.clone()
+        }
+    }
+
+    fn timeout(&self) -> Duration {
+        self.given_timeout.unwrap_or(self.default_timeout)
+    }
+
     /// Connects, over TLS when the address says `https://`, within `--timeout`.
     pub(crate) async fn connect(&self) -> Result<Grpc, Error> {
         let addr = &self.addr;
@@ -68,9 +82,9 @@ impl Target {
         let mut endpoint = Endpoint::from_shared(addr.clone())
             .map_err(|_| Error::usage(format!("--addr {addr}: not a valid address")))?
             // The TCP connect; the TLS handshake is bounded by the timeout around `connect`.
-            .connect_timeout(self.timeout)
+            .connect_timeout(self.timeout())
             // Every call, as tonic enforces it client-side (the demo's calls too).
-            .timeout(self.timeout);
+            .timeout(self.timeout());
         if tls {
             endpoint = endpoint
                 .tls_config(self.tls()?)
@@ -88,7 +102,7 @@ impl Target {
             ),
             None => None,
         };
-        let channel = match tokio::time::timeout(self.timeout, endpoint.connect()).await {
+        let channel = match tokio::time::timeout(self.timeout(), endpoint.connect()).await {
             Ok(Ok(channel)) => channel,
             Ok(Err(error)) => {
                 return Err(Error::new(
@@ -101,14 +115,14 @@ impl Target {
                     Failure::Retryable,
                     format!(
                         "cannot reach the producer at {addr}: not connected within {}",
-                        humantime::format_duration(self.timeout)
+                        humantime::format_duration(self.timeout())
                     ),
                 ));
             }
         };
         let per_call = PerCall {
             token,
-            timeout: self.timeout,
+            timeout: self.timeout(),
         };
         Ok(InterceptedService::new(channel, per_call))
     }
@@ -133,11 +147,11 @@ impl Target {
         answer: impl Future<Output = Result<T, Status>>,
     ) -> Result<T, Error> {
         let started = Instant::now();
-        match tokio::time::timeout(self.timeout, answer).await {
+        match tokio::time::timeout(self.timeout(), answer).await {
             Ok(Ok(answer)) => Ok(answer),
             // tonic's own enforcement of the deadline answers CANCELLED.
             Ok(Err(status))
-                if status.code() == Code::Cancelled && started.elapsed() >= self.timeout =>
+                if status.code() == Code::Cancelled && started.elapsed() >= self.timeout() =>
             {
                 Err(self.no_answer(method))
             }
@@ -155,7 +169,7 @@ impl Target {
             format!(
                 "{method} at {}: no answer within {}",
                 self.addr,
-                humantime::format_duration(self.timeout)
+                humantime::format_duration(self.timeout())
             ),
         )
     }

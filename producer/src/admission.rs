@@ -3,8 +3,9 @@
 //! a caller that proves who it is and holds the role the call needs (`UNAUTHENTICATED`,
 //! `PERMISSION_DENIED` naming the role; health is open to all, for probes); at most
 //! `grpc.max_concurrent_calls` calls at once (health aside, so probes answer under load; one
-//! more gets `RESOURCE_EXHAUSTED`), each finished within `grpc.request_timeout` (a client that
-//! stops sending its request gets `DEADLINE_EXCEEDED` and its buffer is freed); and one message
+//! more gets `RESOURCE_EXHAUSTED`), each finished within `grpc.request_timeout`, or
+//! `grpc.admin_request_timeout` for `AdminService`, whose reads take a whole dead-letter queue
+//! (a client that stops sending its request gets `DEADLINE_EXCEEDED` and its buffer is freed); and one message
 //! per call to `JobService`, whose calls are all unary (a second is `INTERNAL`, as for any
 //! request that is not well-formed gRPC). The caller's [`Identity`] rides on the request.
 
@@ -30,6 +31,8 @@ use tower::Layer;
 
 /// The path prefix of the job service, whose calls are unary.
 const JOB_SERVICE: &str = "/jobpipe.v1.JobService/";
+/// The path prefix of the operations service.
+const ADMIN_SERVICE: &str = "/jobpipe.v1.AdminService/";
 /// The operations methods that only read, which the `read` role may call; every other
 /// AdminService method changes dead letters and needs `admin`.
 const READ_METHODS: [&str; 3] = [
@@ -47,22 +50,25 @@ const REFLECTION: &str = "/grpc.reflection.";
 pub(crate) struct AdmissionLayer {
     calls: Arc<Semaphore>,
     timeout: Duration,
+    admin_timeout: Duration,
     /// `None`: authentication is off, every caller holds every role.
     authenticator: Option<Authenticator>,
     metrics: ProducerMetrics,
 }
 
 impl AdmissionLayer {
-    /// At most `max_calls` at once, each within `timeout`, callers known to `authenticator`.
+    /// At most `max_calls` at once, each within `timeout` (`admin_timeout` for the operations
+    /// service), callers known to `authenticator`.
     pub(crate) fn new(
         max_calls: usize,
-        timeout: Duration,
+        (timeout, admin_timeout): (Duration, Duration),
         authenticator: Option<Authenticator>,
         metrics: ProducerMetrics,
     ) -> Self {
         Self {
             calls: Arc::new(Semaphore::new(max_calls)),
             timeout,
+            admin_timeout,
             authenticator,
             metrics,
         }
@@ -155,15 +161,21 @@ where
         // The service polled ready is `self.inner`; the clone takes its place for next time.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let timeout = layer.timeout;
+        let (timeout, setting) = if path.starts_with(ADMIN_SERVICE) {
+            (layer.admin_timeout, "grpc.admin_request_timeout")
+        } else {
+            (layer.timeout, "grpc.request_timeout")
+        };
         Box::pin(async move {
             let answered = tokio::time::timeout(timeout, inner.call(request)).await;
             drop(permit);
             answered.unwrap_or_else(|_| {
-                Ok(Status::deadline_exceeded(
-                    "the call did not complete within grpc.request_timeout",
+                Ok(
+                    Status::deadline_exceeded(format!(
+                        "the call did not complete within {setting}"
+                    ))
+                    .into_http(),
                 )
-                .into_http())
             })
         })
     }

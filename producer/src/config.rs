@@ -64,6 +64,10 @@ pub struct GrpcConfig {
     /// than `amqp.confirm_timeout`.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// How long an `AdminService` call that reads a whole dead-letter queue may take (listing,
+    /// showing, purging by filter: about 10 s per 100,000 entries); then DEADLINE_EXCEEDED.
+    #[serde(with = "humantime_serde")]
+    pub admin_request_timeout: Duration,
     /// How long a new connection may take to send its first byte.
     #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
@@ -242,6 +246,7 @@ impl Default for GrpcConfig {
             max_connections: 1024,
             max_concurrent_calls: 256,
             request_timeout: Duration::from_secs(30),
+            admin_request_timeout: Duration::from_secs(300),
             handshake_timeout: Duration::from_secs(10),
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(10),

@@ -205,7 +205,7 @@ impl Producer {
             .max_connection_age_grace(limits.request_timeout)
             .layer(AdmissionLayer::new(
                 limits.max_concurrent_calls,
-                limits.request_timeout,
+                (limits.request_timeout, limits.admin_request_timeout),
                 authenticator,
                 metrics,
             ))

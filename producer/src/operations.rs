@@ -21,7 +21,7 @@ use jobpipe_proto::{
     },
 };
 use jobpipe_runtime::{
-    amqp::{Link, Routes, Session},
+    amqp::{Link, PublishError, Routes, Session},
     queue_state,
 };
 use lapin::options::QueuePurgeOptions;
@@ -134,11 +134,10 @@ impl admin_service_server::AdminService for AdminService {
                     page.pop();
                 }
                 let entry = dead_letters::to_proto(
-                    &message.properties,
-                    &message.body,
+                    summary,
+                    &message,
                     queue.as_str(),
-                    request.include_payload,
-                    MAX_LISTED_PAYLOAD,
+                    request.include_payload.then_some(MAX_LISTED_PAYLOAD),
                 );
                 page.push((key, Listed(entry)));
             }
@@ -171,19 +170,13 @@ impl admin_service_server::AdminService for AdminService {
         let mut scan = self.inner.scan(&session, &queue).await?;
         let found = async {
             while let Some(message) = scan.next().await? {
-                if message
-                    .properties
-                    .message_id()
-                    .as_ref()
-                    .map(|id| id.as_str())
-                    == Some(request.job_id.as_str())
-                {
+                let summary = dead_letters::summarize(&message.properties);
+                if summary.job_id == request.job_id {
                     return Ok(Some(dead_letters::to_proto(
-                        &message.properties,
-                        &message.body,
+                        summary,
+                        &message,
                         queue.as_str(),
-                        true,
-                        usize::MAX,
+                        Some(usize::MAX),
                     )));
                 }
             }
@@ -221,8 +214,13 @@ impl admin_service_server::AdminService for AdminService {
                 .queues
                 .check(&session, &target, self.inner.confirm_timeout)
                 .await
-                .map_err(|_| {
-                    Status::failed_precondition(format!("the target queue {target} does not exist"))
+                .map_err(|error| match error {
+                    PublishError::Unroutable => Status::failed_precondition(format!(
+                        "the target queue {target} does not exist"
+                    )),
+                    _ => Status::unavailable(format!(
+                        "the broker did not say whether the target queue {target} exists; nothing was replayed"
+                    )),
                 })?;
         }
         let scan = self.inner.scan(&session, &queue).await?;
@@ -234,6 +232,7 @@ impl admin_service_server::AdminService for AdminService {
             session,
             scan,
             filter,
+            queue: queue.to_string(),
             target,
             caller,
             dry_run: request.dry_run,
@@ -371,6 +370,8 @@ struct Replay {
     session: Session,
     scan: Scan,
     filter: Filter,
+    /// Whose dead letters.
+    queue: String,
     target: QueueName,
     caller: String,
     dry_run: bool,
@@ -389,7 +390,19 @@ impl Replay {
             target,
             ..
         } = self;
-        scan.close().await;
+        // Giving back what was not replayed takes a few seconds on a large queue: the caller
+        // hears meanwhile that the replay is alive.
+        let closed = scan.close();
+        tokio::pin!(closed);
+        let mut ticker = tokio::time::interval(PROGRESS_EVERY);
+        loop {
+            tokio::select! {
+                () = &mut closed => break,
+                _ = ticker.tick() => {
+                    let _ = progress.send(Ok(state.clone())).await;
+                }
+            }
+        }
         info!(%caller, %target, scanned = state.scanned, matched = state.matched,
             replayed = state.replayed, skipped = state.skipped, failed = state.failed,
             "Replay finished.");
@@ -418,11 +431,10 @@ impl Replay {
                 if self.dry_run {
                     if state.sample.len() < SAMPLE {
                         state.sample.push(dead_letters::to_proto(
-                            &message.properties,
-                            &message.body,
-                            self.target.as_str(),
-                            false,
-                            0,
+                            summary,
+                            &message,
+                            &self.queue,
+                            None,
                         ));
                     }
                 } else if !summary.readable {
@@ -452,7 +464,9 @@ impl Replay {
                         Err(_) => state.failed += 1,
                     }
                     while pending.len() >= REPLAY_WINDOW {
-                        self.settle(pending.next().await, state).await?;
+                        if let Some(confirmed) = pending.next().await {
+                            self.settle(confirmed, state).await?;
+                        }
                     }
                 }
             }
@@ -464,8 +478,13 @@ impl Replay {
                 }
             }
         }
-        while let Some(next) = pending.next().await {
-            self.settle(Some(next), state).await?;
+        // The last confirms: the caller still hears how it goes.
+        while let Some(confirmed) = pending.next().await {
+            self.settle(confirmed, state).await?;
+            if reported.elapsed() >= PROGRESS_EVERY {
+                reported = Instant::now();
+                let _ = self.progress.send(Ok(state.clone())).await;
+            }
         }
         Ok(())
     }
@@ -473,19 +492,15 @@ impl Replay {
     /// Removes a dead letter whose replay the broker confirmed.
     async fn settle(
         &mut self,
-        confirmed: Option<(
-            (usize, u64),
-            Result<(), jobpipe_runtime::amqp::PublishError>,
-        )>,
+        (tag, confirmed): (u64, Result<(), PublishError>),
         state: &mut ReplayProgress,
     ) -> Result<(), Status> {
         match confirmed {
-            Some((tag, Ok(()))) => {
+            Ok(()) => {
                 self.scan.remove(tag).await.map_err(broker)?;
                 state.replayed += 1;
             }
-            Some((_, Err(_))) => state.failed += 1,
-            None => {}
+            Err(_) => state.failed += 1,
         }
         Ok(())
     }

@@ -1,5 +1,5 @@
-//! `make bench` keeps working: a small run of every phase accounts for every job and prints its
-//! table and JSON line.
+//! `make bench` keeps working: a small run of every phase accounts for every job (dead letters
+//! replayed included) and prints its table and JSON line.
 
 use jobpipe_tests::process::output_within;
 use std::time::Duration;
@@ -17,6 +17,8 @@ async fn a_small_benchmark_run_accounts_for_every_job() {
         "300",
         "--latency-secs",
         "1",
+        "--dead-letters",
+        "2500",
     ];
     // About 10 s alone; several times that beside the rest of `make test` on two cores.
     let (status, text) = output_within(Duration::from_secs(120), "jobpipe-bench", &args, &[]).await;
@@ -49,6 +51,12 @@ async fn a_small_benchmark_run_accounts_for_every_job() {
         report["ratios"]["grpc_vs_noop"].as_f64().is_some(),
         "{json}"
     );
+    // Dead letters listed, replayed and purged (two full pages of 1,000 and one by job id).
+    let dead = &report["dead_letters"];
+    assert_eq!(dead["entries"], 2500, "{json}");
+    assert_eq!(dead["lost"], 0, "{json}");
+    assert!(dead["replay_per_sec"].as_f64() > Some(0.0), "{json}");
+    assert!(dead["progress_messages"].as_u64() >= Some(1), "{json}");
     assert_eq!(report["targets"]["zero_lost"], true);
     assert!(report["ratios"]["batched"].as_f64().is_some(), "{json}");
     assert!(text.contains("jobpipe batched"), "the table is printed");

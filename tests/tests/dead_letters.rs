@@ -584,6 +584,61 @@ async fn a_replayed_job_whose_cause_was_fixed_succeeds_on_its_first_new_attempt(
 }
 
 #[tokio::test]
+async fn a_replay_whose_jobs_fail_again_ends_after_one_pass() {
+    let topology = TestTopology::new("dlq-again", &["default"]);
+    let producer = RunningProducer::start(producer::config(&topology)).await;
+    // No handler for "report", before the replay and during it: every replayed job comes
+    // straight back to the dead-letter queue the replay is reading.
+    let (seen_tx, _seen) = mpsc::unbounded_channel();
+    let consumer = RunningConsumer::start(
+        consumer::config(&topology, "c"),
+        recording_handlers("c", &seen_tx),
+    )
+    .await;
+    const JOBS: u32 = 40;
+    for _ in 0..JOBS {
+        producer
+            .submit(JobSpec {
+                r#type: "report".into(),
+                ..JobSpec::default()
+            })
+            .await;
+    }
+    let probe = Probe::connect().await.expect("probe");
+    let dead_queue = topology.dead_queue("default");
+    probe
+        .wait_for_count(&dead_queue, JOBS, Duration::from_secs(20))
+        .await;
+    let mut client = admin(&producer).await;
+    let done = replay(
+        &mut client,
+        ReplayDeadLettersRequest {
+            queue: "default".into(),
+            all: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(done.done, "{done:?}");
+    assert_eq!(
+        (done.scanned, done.replayed),
+        (u64::from(JOBS), u64::from(JOBS))
+    );
+    // Each failed once more, with exactly one replay in its history.
+    probe
+        .wait_for_count(&dead_queue, JOBS, Duration::from_secs(20))
+        .await;
+    for entry in probe.drain(&dead_queue).await {
+        let table = entry.properties.headers().clone().unwrap_or_default();
+        let history = failure::history(&table);
+        let replays = history.iter().filter(|h| h["kind"] == "replayed").count();
+        assert_eq!(replays, 1, "{history:?}");
+    }
+    consumer.stop().await.expect("clean stop");
+    producer.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
 async fn a_producer_killed_mid_replay_loses_nothing() {
     let topology = TestTopology::new("dlq-kill", &["default", "parking"]);
     let (grpc, admin_addr) = (free_port(), free_port());

@@ -4,7 +4,7 @@
 //! `tls` settings (the shape of `amqp.tls`), so a connection that cannot be made is told apart
 //! from a call that failed.
 
-use super::{Answer, Called, MAX_ERROR_BYTES, no_answer, retry_after, sanitize};
+use super::{Answer, Called, bounded, no_answer, retry_after, sanitize};
 use crate::handler::{Job, JobError};
 use jobpipe_proto::{
     job::TraceContext,
@@ -186,8 +186,7 @@ fn handle_request(job: &Job) -> HandleRequest {
 /// A failed call's status as the attempt's outcome.
 fn outcome(status: &Status) -> JobError {
     let message = sanitize(status.message().as_bytes());
-    let error = format!("gRPC {}: {message}", code_label(status.code()));
-    let error = error.chars().take(MAX_ERROR_BYTES).collect::<String>();
+    let error = bounded(format!("gRPC {}: {message}", code_label(status.code())));
     if let Some(delay) = status
         .get_details_retry_info()
         .and_then(|info| info.retry_delay)
@@ -231,6 +230,7 @@ pub(crate) fn code_label(code: Code) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::remote::MAX_ERROR_BYTES;
     use tonic_types::{ErrorDetails, StatusExt};
 
     #[test]
@@ -268,7 +268,7 @@ mod tests {
                 after: Duration::from_secs(7),
             }
         );
-        let long = Status::new(Code::Internal, "x\n".repeat(4096));
+        let long = Status::new(Code::Internal, "é\n".repeat(4096));
         let JobError::Transient(text) = outcome(&long) else {
             panic!("transient expected");
         };

@@ -3,7 +3,7 @@
 //! outcome. Connections are pooled (HTTP/1.1 keep-alive, or HTTP/2 over TLS when the worker
 //! offers it); a response body is never read past a bound.
 
-use super::{Answer, Called, MAX_ERROR_BYTES, no_answer, retry_after, sanitize};
+use super::{Answer, Called, MAX_ERROR_BYTES, bounded, no_answer, retry_after, sanitize};
 use crate::handler::{Job, JobError};
 use jobpipe_proto::job::TraceContext;
 use reqwest::{
@@ -204,12 +204,12 @@ async fn outcome(mut response: Response) -> Result<(), JobError> {
         .and_then(|value| value.to_str().ok())
         .and_then(|value| parse_retry_after(value, SystemTime::now()));
     let body = read_prefix(&mut response).await;
-    let error = describe_status(status, &body);
+    let error = bounded(describe_status(status, &body));
     match status.as_u16() {
         429 | 503 if delay.is_some() => Err(retry_after(error, delay.unwrap_or_default())),
-        300..=399 => Err(JobError::permanent(format!(
-            "{error} (redirects are not followed: point the route at the final URL)"
-        ))),
+        300..=399 => Err(JobError::permanent(bounded(format!(
+            "redirects are not followed, point the route at the final URL: {error}"
+        )))),
         408 | 429 | 500..=599 => Err(JobError::Transient(error)),
         _ => Err(JobError::Permanent(error)),
     }

@@ -300,7 +300,15 @@ pub(crate) fn sanitize(bytes: &[u8]) -> String {
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
-    cleaned.trim().to_owned()
+    // A replaced byte takes three: cut again.
+    bounded(cleaned.trim().to_owned())
+}
+
+/// `text` cut to [`MAX_ERROR_BYTES`] on a character boundary.
+pub(crate) fn bounded(mut text: String) -> String {
+    let end = jobpipe_proto::metadata::truncate(&text, MAX_ERROR_BYTES).len();
+    text.truncate(end);
+    text
 }
 
 /// A worker that did not answer within `limit`: a transient failure of the attempt.
@@ -333,6 +341,10 @@ mod tests {
         }
         let long = vec![b'a'; 5 * MAX_ERROR_BYTES];
         assert_eq!(sanitize(&long).len(), MAX_ERROR_BYTES);
+        // Invalid bytes become three-byte replacement characters, still within the bound.
+        let invalid = vec![0xff; MAX_ERROR_BYTES];
+        let text = sanitize(&invalid);
+        assert!(text.len() <= MAX_ERROR_BYTES && text.starts_with('\u{fffd}'));
     }
 
     #[test]

@@ -8,11 +8,14 @@
 //! 4. latency below saturation at a fixed rate, the baseline then jobpipe;
 //! 5. and 6. the batched load again, with the consumers dispatching every job to a remote worker
 //!    in the bench process: HTTP (`http`), then gRPC (`grpc`), run right after phase 2 and
-//!    reported beside it.
+//!    reported beside it;
+//! 7. dead letters at scale (`dlq`): a dead-letter queue of 100,000 entries listed, replayed and
+//!    purged through the producer's `AdminService`.
 //!
 //! Prints a table and one JSON line; exits non-zero if any confirmed job was lost.
 
 mod baseline;
+mod dead_letters;
 mod load;
 mod pipeline;
 mod report;
@@ -64,11 +67,15 @@ pub(crate) struct Options {
     /// Handlers running at once per consumer (jobpipe's default).
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
-    /// Run only these phases (for profiling): baseline, batched, single, latency, http, grpc.
+    /// Entries in the dead-letter queue of the `dlq` phase.
+    #[arg(long, default_value_t = 100_000)]
+    dead_letters: usize,
+    /// Run only these phases (for profiling): baseline, batched, single, latency, http, grpc,
+    /// dlq.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "baseline,batched,single,latency,http,grpc"
+        default_value = "baseline,batched,single,latency,http,grpc,dlq"
     )]
     phases: Vec<String>,
 }
@@ -204,6 +211,10 @@ async fn main() -> anyhow::Result<ExitCode> {
         ),
         false => (None, None),
     };
+    let dlq = match wants("dlq") {
+        true => Some(dead_letters::run(&opts, opts.dead_letters).await?),
+        false => None,
+    };
 
     let base = baseline.as_ref().map_or(f64::NAN, |b| b.jobs_per_sec);
     let rate_ratio = |p: &Option<Phase>| p.as_ref().map_or(f64::NAN, |p| p.jobs_per_sec / base);
@@ -247,7 +258,8 @@ async fn main() -> anyhow::Result<ExitCode> {
     let consumer_rss = batched.as_ref().map_or(f64::NAN, |p| {
         p.consumer_rss_mib.iter().copied().fold(0.0, f64::max)
     });
-    let lost: usize = table.iter().map(|p| p.lost).sum();
+    let lost: usize =
+        table.iter().map(|p| p.lost).sum::<usize>() + dlq.as_ref().map_or(0, |d| d.lost);
     let ratio = |name: &str| ratios[name].as_f64().unwrap_or(f64::NAN);
     let targets = serde_json::json!({
         "batched_ge_0.7": ratio("batched") >= 0.7,
@@ -259,6 +271,7 @@ async fn main() -> anyhow::Result<ExitCode> {
         "grpc_ge_0.6x_noop": vs_noop("grpc") >= 0.6,
         "http_consumer_rss_le_25mib": worker_rss("http") <= 25.0,
         "grpc_consumer_rss_le_25mib": worker_rss("grpc") <= 25.0,
+        "dlq_replay_ge_2000_per_s": dlq.as_ref().is_some_and(|d| d.replay_per_sec >= 2000.0),
         "zero_lost": lost == 0,
     });
     println!(
@@ -280,6 +293,9 @@ async fn main() -> anyhow::Result<ExitCode> {
             worker_rss("grpc"),
         );
     }
+    if let Some(d) = &dlq {
+        report::dead_letters(d, producer_rss);
+    }
     println!(
         "{}",
         serde_json::json!({
@@ -294,6 +310,7 @@ async fn main() -> anyhow::Result<ExitCode> {
             },
             "phases": phases,
             "worker_phases": worker_phases,
+            "dead_letters": dlq,
             "ratios": ratios,
             "targets": targets,
         })

@@ -40,7 +40,7 @@ pub(crate) struct Pipeline {
     consumers: Vec<Service>,
     /// Job events from every consumer.
     pub(crate) events: mpsc::UnboundedReceiver<JobEvent>,
-    _topology: TestTopology,
+    topology: TestTopology,
     /// The consumers' configuration file, when they route to a remote worker.
     _config: Option<tempfile::NamedTempFile>,
 }
@@ -125,9 +125,19 @@ impl Pipeline {
             producer,
             consumers,
             events,
-            _topology: topology,
+            topology,
             _config: config,
         })
+    }
+
+    /// The topology the processes run on.
+    pub(crate) fn topology(&self) -> &TestTopology {
+        &self.topology
+    }
+
+    /// The producer's process id.
+    pub(crate) fn producer_pid(&self) -> u32 {
+        self.producer.pid()
     }
 
     /// Jobs the consumers acknowledged as succeeded, by their metrics.

@@ -157,3 +157,26 @@ pub(crate) fn workers_table(noop: Option<&Phase>, workers: &[Phase]) {
         );
     }
 }
+
+/// Prints the dead-letter phase's figures beside the producer's budget under the batched load.
+pub(crate) fn dead_letters(d: &crate::dead_letters::Figures, producer_rss_mib: f64) {
+    println!(
+        "\ndead letters ({} entries): first page of 1,000 {:.1} s, the next {:.1} s, one job id {:.1} s; \
+         replay by filter {:.1} s = {:.0} jobs/s (target >= 2,000), {} progress messages; \
+         purge by filter {:.1} s, purge of all {:.2} s; producer peak RSS {:.1} MiB listing, {:.1} MiB replaying \
+         (batched load: {:.1} MiB); lost {}",
+        d.entries,
+        d.first_page_secs,
+        d.second_page_secs,
+        d.one_id_secs,
+        d.replay_secs,
+        d.replay_per_sec,
+        d.progress_messages,
+        d.filtered_purge_secs,
+        d.purge_all_secs,
+        d.listing_peak_rss_mib,
+        d.replay_peak_rss_mib,
+        producer_rss_mib,
+        d.lost,
+    );
+}
