@@ -5,6 +5,7 @@ use crate::{
     builtin::Builtin,
     retry::{RetryConfig, RetryPolicy},
     routes::{self, RouteConfig},
+    scaling::ScalingConfig,
 };
 use jobpipe_runtime::{
     admin::AdminConfig,
@@ -42,6 +43,8 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     /// Queue depth polling for `/metrics`.
     pub metrics: MetricsConfig,
+    /// What the desired-replicas signal aims for.
+    pub scaling: ScalingConfig,
 }
 
 /// How much work runs at once.
@@ -165,6 +168,7 @@ impl Default for Config {
             log: LogConfig::default(),
             telemetry: TelemetryConfig::default(),
             metrics: MetricsConfig::default(),
+            scaling: ScalingConfig::default(),
         }
     }
 }

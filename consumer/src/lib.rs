@@ -28,6 +28,7 @@ mod remote;
 mod republish;
 pub mod retry;
 pub mod routes;
+pub mod scaling;
 mod spans;
 mod subscription;
 mod worker;
@@ -43,6 +44,7 @@ use crate::{
     dispatch::Dispatch,
     metrics::ConsumerMetrics,
     retry::{RetryPolicy, RetryPolicyError},
+    scaling::DesiredReplicas,
     subscription::Workers,
 };
 use jobpipe_runtime::{
@@ -152,6 +154,7 @@ impl Consumer {
         for remote in dispatch.remotes() {
             remote.attach(metrics.register_worker(remote.label));
         }
+        let desired_replicas = DesiredReplicas::register(&mut registry);
         let base = ServiceBase::start(
             BaseConfig {
                 service: "jobpipe-consumer",
@@ -167,6 +170,13 @@ impl Consumer {
             &shutdown,
         );
 
+        let scaling = tokio::spawn(desired_replicas.follow(
+            base.depths.clone(),
+            metrics.clone(),
+            config.consumer.concurrency,
+            config.scaling.clone(),
+            shutdown.clone(),
+        ));
         let topology = config.topology.topology();
         let workers = Workers {
             ctx: Arc::new(Context {
@@ -211,6 +221,7 @@ impl Consumer {
         shutdown.cancel();
         while subscriptions.join_next().await.is_some() {}
         drain(&workers.tracker, &config).await;
+        let _ = scaling.await;
         base.stop().await;
         info!("Consumer stopped.");
         outcome

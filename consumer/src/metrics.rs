@@ -89,6 +89,9 @@ pub(crate) struct ConsumerMetrics {
     redeliveries: Family<QueueLabels, Counter>,
     /// Jobs whose handler is running now.
     pub(crate) in_flight: Gauge,
+    /// Attempts finished (succeeded, retried or dead-lettered; not returned): the rate the
+    /// desired-replicas signal scales by. Not exported: `jobpipe_consumer_jobs` has it by label.
+    pub(crate) finished: Counter,
     worker_requests: Family<RequestLabels, Counter>,
     worker_seconds: Family<RouteLabels, Histogram>,
     worker_in_flight: Family<RouteLabels, Gauge>,
@@ -117,6 +120,7 @@ impl ConsumerMetrics {
             attempts: Family::new_with_constructor(|| Histogram::new(linear_buckets(1.0, 1.0, 25))),
             redeliveries: Family::default(),
             in_flight: Gauge::default(),
+            finished: Counter::default(),
             worker_requests: Family::default(),
             worker_seconds: Family::new_with_constructor(|| Histogram::new(latency_buckets())),
             worker_in_flight: Family::default(),
@@ -225,6 +229,9 @@ impl ConsumerMetrics {
         outcome: Outcome,
         reason: Option<FailureKind>,
     ) {
+        if outcome != Outcome::Returned {
+            self.finished.inc();
+        }
         self.jobs
             .get_or_create(&JobLabels {
                 queue: self.intern(queue),

@@ -6,7 +6,7 @@ use crate::{
     admin::{Admin, AdminState},
     amqp::{AmqpConfig, Declare, Link, Publishes, Routes, TopologyConfig},
     metrics::register_build_info,
-    queue_state::{MetricsConfig, QueueState},
+    queue_state::{Depths, MetricsConfig, QueueState},
     readiness::{self, Blockers},
 };
 use prometheus_client::{metrics::gauge::Gauge, registry::Registry};
@@ -42,6 +42,8 @@ pub struct ServiceBase {
     pub link: Link,
     /// `true` while the service is ready (link up, not draining, no blocker).
     pub ready: watch::Receiver<bool>,
+    /// The last reading of the queue depths (`None` before the first, or with polling off).
+    pub depths: watch::Receiver<Option<Depths>>,
     stop: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -73,11 +75,13 @@ impl ServiceBase {
             "Whether the broker link is up (1) or down (0)",
             connected.clone(),
         );
+        let (depths_sender, depths) = watch::channel(None);
         let poller = tokio::spawn(QueueState::register(&mut registry).poll(
             link.clone(),
             config.topology.topology(),
             config.topology.queues.clone(),
             config.metrics.queue_poll_interval,
+            depths_sender,
             stop.clone(),
         ));
         let blockers = config.blockers;
@@ -98,6 +102,7 @@ impl ServiceBase {
         Self {
             link,
             ready,
+            depths,
             stop,
             tasks: vec![link_task, poller, admin],
         }

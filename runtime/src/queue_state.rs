@@ -13,6 +13,7 @@ use prometheus_client::{
 };
 use serde::Deserialize;
 use std::time::Duration;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
@@ -78,13 +79,15 @@ impl QueueState {
         state
     }
 
-    /// Polls every `interval` until `shutdown`; a zero interval polls never.
+    /// Polls every `interval` until `shutdown`, telling `depths` each reading; a zero interval
+    /// polls never.
     pub(crate) async fn poll(
         self,
         link: Link,
         topology: Topology,
         queues: Vec<QueueName>,
         interval: Duration,
+        depths: watch::Sender<Option<Depths>>,
         shutdown: CancellationToken,
     ) {
         if interval.is_zero() {
@@ -109,7 +112,9 @@ impl QueueState {
                 () = shutdown.cancelled() => return,
                 read = tokio::time::timeout(interval, self.read(open, &topology, &queues)) => read,
             };
-            if !matches!(read, Ok(Ok(()))) {
+            if let Ok(Ok(read)) = read {
+                depths.send_replace(Some(read));
+            } else {
                 // A queue missing (404) closes the channel, a blocked broker does not answer:
                 // the next tick opens another channel.
                 debug!("Reading queue depths failed.");
@@ -123,10 +128,10 @@ impl QueueState {
         channel: &Channel,
         topology: &Topology,
         queues: &[QueueName],
-    ) -> Result<(), lapin::Error> {
+    ) -> Result<Depths, lapin::Error> {
         let depths = read_depths(channel, topology, queues).await?;
         let gauge = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
-        for queue in depths.queues {
+        for queue in &depths.queues {
             let label = [("queue", queue.name.to_string())];
             self.ready.get_or_create(&label).set(gauge(queue.ready));
             self.consumers
@@ -136,7 +141,7 @@ impl QueueState {
         }
         self.delayed.set(gauge(depths.delayed));
         self.unroutable.set(gauge(depths.unroutable));
-        Ok(())
+        Ok(depths)
     }
 }
 

@@ -1,7 +1,8 @@
 //! The Helm chart, checked offline (no cluster here): it lints, renders for the default, a
 //! production-like, a secured, a worker-sidecar and a custom-consumer values file, every manifest
 //! validates against Kubernetes 1.30's schemas, and the properties that matter in production hold
-//! on what was rendered.
+//! on what was rendered: autoscaling on what the consumers really hold, scheduling fields on every
+//! pod, disruption budgets that let unready pods go, and the sizing rule of deploy/README.md.
 
 use jobpipe_tests::{
     certs::{Ca, CertDir},
@@ -26,6 +27,15 @@ const CUSTOM_CONSUMER: &[&str] = &["ci/custom-consumer-values.yaml"];
 const ALL_VALUES: [&[&str]; 5] = [&[], PRODUCTION, SECURE, WORKER, CUSTOM_CONSUMER];
 /// Where the consumer finds the Secrets of its routes.
 const ROUTES_DIR: &str = "/var/run/jobpipe/routes/";
+/// The optional APIs the chart's objects need (KEDA, the Prometheus Operator, cert-manager, an
+/// External metrics adapter), as `helm template --api-versions` takes them: a cluster that has
+/// them all. Without them the chart refuses to render those objects.
+const CLUSTER_APIS: &str =
+    "keda.sh/v1alpha1,monitoring.coreos.com/v1,cert-manager.io/v1,external.metrics.k8s.io/v1beta1";
+/// The sizing rule's k (deploy/README.md, "Scaling"): a consumer holds at most
+/// `prefetch × queues ≤ k × concurrency` deliveries, so none waits behind more than k − 1 jobs
+/// per handler slot and each is settled within k job timeouts of being sent.
+const SIZING_K: u64 = 2;
 
 fn chart() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/helm/jobpipe")
@@ -45,12 +55,22 @@ fn text(output: &Output) -> String {
     )
 }
 
-/// `helm template` with `values` files; the rendered manifests as YAML text.
+/// `helm template` with `values` files for a cluster serving [`CLUSTER_APIS`]; the rendered
+/// manifests as YAML text.
 async fn render(values: &[&str], extra: &[&str]) -> Result<String, String> {
+    render_on(CLUSTER_APIS, values, extra).await
+}
+
+/// `helm template` with `values` files for a cluster that serves `apis` (comma-separated) besides
+/// Kubernetes' own; the rendered manifests as YAML text.
+async fn render_on(apis: &str, values: &[&str], extra: &[&str]) -> Result<String, String> {
     let mut command = Command::new(project_tool("helm"));
     command
         .args(["template", "jp", "--namespace", "jobs"])
         .arg(chart());
+    if !apis.is_empty() {
+        command.args(["--api-versions", apis]);
+    }
     for file in values {
         command.arg("-f").arg(chart().join(file));
     }
@@ -573,11 +593,11 @@ async fn autoscaling_disruption_budgets_and_the_topology_job_follow_the_values()
     let production = documents(&render(PRODUCTION, &[]).await.expect("renders")).await;
     let scaled = named(&production, "ScaledObject", "-consumer");
     let triggers = scaled["spec"]["triggers"].as_array().expect("triggers");
-    assert_eq!(triggers.len(), 3, "one trigger per work queue");
-    assert!(triggers.iter().all(|t| t["type"] == "rabbitmq"
-        && t["metadata"]["mode"] == "QueueLength"
-        && t["metadata"]["protocol"] == "amqp"));
-    assert_eq!(triggers[0]["metadata"]["queueName"], "prod.default");
+    assert!(
+        triggers.iter().all(|t| t["type"] == "prometheus"),
+        "the load comes from jobpipe's gauges: {triggers:?}"
+    );
+    assert_eq!(scaled["spec"]["minReplicaCount"], 3);
     let consumer = named(&production, "Deployment", "-consumer");
     assert!(
         consumer["spec"]["replicas"].is_null(),
@@ -679,18 +699,35 @@ async fn autoscaling_disruption_budgets_and_the_topology_job_follow_the_values()
         }
     }
 
-    let both = render(
-        &[],
-        &[
-            "--set",
-            "consumer.keda.enabled=true",
-            "--set",
-            "consumer.autoscaling.enabled=true",
-        ],
+    // Pods that are not ready (all of them while the broker is away) may always be evicted: a
+    // broker outage must not block node drains.
+    for values in ALL_VALUES {
+        let docs = documents(&render(values, &[]).await.expect("renders")).await;
+        for budget in of_kind(&docs, "PodDisruptionBudget") {
+            assert_eq!(
+                budget["spec"]["unhealthyPodEvictionPolicy"], "AlwaysAllow",
+                "{values:?}: {}",
+                budget["metadata"]["name"]
+            );
+        }
+    }
+    let strict = documents(
+        &render(
+            &[],
+            &[
+                "--set",
+                "consumer.podDisruptionBudget.unhealthyPodEvictionPolicy=IfHealthyBudget",
+            ],
+        )
+        .await
+        .expect("renders"),
     )
-    .await
-    .expect_err("an HPA and a ScaledObject on one Deployment");
-    assert!(both.contains("must not both scale"), "{both}");
+    .await;
+    assert_eq!(
+        named(&strict, "PodDisruptionBudget", "-consumer")["spec"]["unhealthyPodEvictionPolicy"],
+        "IfHealthyBudget"
+    );
+
     let typo = render(&[], &["--set", "consumer.prefech=64"])
         .await
         .expect_err("unknown value");
@@ -926,30 +963,6 @@ async fn the_secure_values_encrypt_and_authenticate_every_hop() {
         .await
         .expect("renders");
     assert!(of_kind(&documents(&untested).await, "Pod").is_empty());
-
-    // KEDA's own connection trusts the same CA and presents the consumer's certificate.
-    let keda = documents(
-        &render(SECURE, &["--set", "consumer.keda.enabled=true"])
-            .await
-            .expect("renders"),
-    )
-    .await;
-    let auth = &named(&keda, "TriggerAuthentication", "-rabbitmq")["spec"];
-    let refs = auth["secretTargetRef"].as_array().expect("secretTargetRef");
-    for (parameter, secret, key) in [
-        ("ca", "jobs-rabbitmq-ca", "ca.crt"),
-        ("cert", "jobpipe-broker-consumer-tls", "tls.crt"),
-        ("key", "jobpipe-broker-consumer-tls", "tls.key"),
-    ] {
-        assert!(
-            refs.contains(&json!({"parameter": parameter, "name": secret, "key": key})),
-            "{parameter}: {refs:?}"
-        );
-    }
-    let tls = &auth["configMapTargetRef"][0];
-    assert_eq!(tls["parameter"], "tls");
-    let switch = named(&keda, "ConfigMap", tls["name"].as_str().expect("name"));
-    assert_eq!(switch["data"][tls["key"].as_str().expect("key")], "enable");
 
     // None of it by default.
     let defaults = documents(&render(&[], &[]).await.expect("renders")).await;
@@ -1423,6 +1436,724 @@ async fn escape_hatches_run_a_teams_own_consumer_image() {
     assert!(spec["volumes"].to_string().contains("\"extra\""));
     let consumer = &pod_spec(&docs, "Deployment", "-consumer")["containers"][0];
     assert_eq!(consumer["image"], "ghcr.io/example/jobpipe:0.1.0");
+}
+
+/// KEDA on: the Prometheus this release is scraped by, and queues `queues` (`{a,b}`).
+fn keda_args(queues: &str) -> Vec<String> {
+    [
+        "consumer.autoscaling.keda.enabled=true",
+        "consumer.autoscaling.keda.prometheus.serverAddress=http://prometheus.monitoring:9090",
+        &format!("jobpipe.queues={queues}"),
+    ]
+    .into_iter()
+    .flat_map(|set| ["--set".to_owned(), set.to_owned()])
+    .collect()
+}
+
+/// `args` as the `&str`s `render` takes.
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+#[tokio::test]
+async fn keda_scales_consumers_on_ready_plus_in_flight_summed_over_their_queues() {
+    let mut args = keda_args("{default,emails}");
+    args.extend(["--set", "rabbitmq.vhost=jobs"].map(str::to_owned));
+    let docs = documents(&render(&[], &strs(&args)).await.expect("renders")).await;
+    let scaled = &named(&docs, "ScaledObject", "-consumer")["spec"];
+    assert_eq!(
+        scaled["scaleTargetRef"],
+        json!({"name": "jp-jobpipe-consumer"})
+    );
+    assert_eq!(
+        (&scaled["minReplicaCount"], &scaled["maxReplicaCount"]),
+        (&json!(1), &json!(20))
+    );
+    assert_eq!(
+        (&scaled["pollingInterval"], &scaled["cooldownPeriod"]),
+        (&json!(15), &json!(300))
+    );
+    // One number: the ready backlog plus the handlers running, a replica per concurrency's
+    // worth of it. While nothing is ready or running but a job waits in the delay ladder, it is
+    // 1: one consumer stays (or wakes) for when the job's delay ends.
+    assert_eq!(
+        scaled["advanced"]["scalingModifiers"],
+        json!({
+            "formula": "ready + inflight > 0 ? ready + inflight : (delayed > 0 ? 1 : 0)",
+            "target": "16",
+            "activationTarget": "0",
+            "metricType": "AverageValue",
+        })
+    );
+    // Producers and consumers both export the queue gauges: max by (queue) counts each queue
+    // once, then the queues are summed (KEDA would take the largest of per-queue triggers).
+    let release = r#"namespace="jobs",service=~"jp-jobpipe-(consumer|producer-metrics)""#;
+    let trigger = |name: &str, query: String| {
+        json!({
+            "type": "prometheus",
+            "name": name,
+            "metadata": {
+                "serverAddress": "http://prometheus.monitoring:9090",
+                "query": query,
+                "threshold": "16",
+            },
+        })
+    };
+    assert_eq!(
+        scaled["triggers"],
+        json!([
+            trigger(
+                "ready",
+                format!(
+                    r#"sum(max by (queue) (jobpipe_queue_ready_messages{{{release},queue=~"default|emails"}})) or vector(0)"#
+                )
+            ),
+            trigger(
+                "inflight",
+                format!("sum(jobpipe_consumer_jobs_in_flight{{{release}}}) or vector(0)")
+            ),
+            trigger(
+                "delayed",
+                format!("max(jobpipe_delay_ladder_messages{{{release}}}) or vector(0)")
+            ),
+        ])
+    );
+
+    // KEDA never connects to the broker, so no connection string can name another vhost than
+    // the services': the gauges come from their connections, which carry rabbitmq.vhost.
+    assert!(of_kind(&docs, "TriggerAuthentication").is_empty());
+    assert!(!scaled.to_string().contains("rabbitmq"), "{scaled}");
+    for component in ["-producer", "-consumer"] {
+        let url = &env_var(
+            pod_spec(&docs, "Deployment", component),
+            "JOBPIPE__AMQP__URL",
+        );
+        assert!(
+            url["value"].as_str().is_some_and(|u| u.ends_with("/jobs")),
+            "{component}: {url}"
+        );
+    }
+    let consumer = named(&docs, "Deployment", "-consumer");
+    assert!(
+        consumer["spec"]["replicas"].is_null(),
+        "KEDA owns the count"
+    );
+    assert!(of_kind(&docs, "HorizontalPodAutoscaler").is_empty());
+
+    // The default selector is what the chart's ServiceMonitor scrapes: the consumers' and the
+    // producers' metrics Services, and nothing else.
+    let production = documents(&render(PRODUCTION, &[]).await.expect("renders")).await;
+    let monitor = &of_kind(&production, "ServiceMonitor")[0]["spec"]["selector"]["matchLabels"];
+    let mut scraped: Vec<&str> = of_kind(&production, "Service")
+        .into_iter()
+        .filter(|s| {
+            monitor
+                .as_object()
+                .is_some_and(|m| m.iter().all(|(k, v)| &s["metadata"]["labels"][k] == v))
+        })
+        .filter_map(|s| s["metadata"]["name"].as_str())
+        .collect();
+    scraped.sort_unstable();
+    assert_eq!(
+        scraped,
+        ["jp-jobpipe-consumer", "jp-jobpipe-producer-metrics"]
+    );
+    let query = named(&production, "ScaledObject", "-consumer")["spec"]["triggers"][0]["metadata"]
+        ["query"]
+        .as_str()
+        .expect("query")
+        .to_owned();
+    assert!(query.contains(release), "{query}");
+    assert!(
+        query.contains(r#"queue=~"default|emails|reports""#),
+        "{query}"
+    );
+
+    // Scale to zero, a selector of one's own, less load per replica, an authenticated Prometheus.
+    args.extend(
+        [
+            "consumer.autoscaling.keda.minReplicaCount=0",
+            "consumer.autoscaling.keda.jobsPerReplica=8",
+            "consumer.autoscaling.keda.prometheus.authenticationRef=prometheus-auth",
+            "consumer.autoscaling.keda.prometheus.metadata.authModes=bearer",
+        ]
+        .into_iter()
+        .flat_map(|set| ["--set", set])
+        .chain([
+            // --set would split the matchers at the comma.
+            "--set-json",
+            r#"consumer.autoscaling.keda.prometheus.selector="cluster=\"eu1\",job=\"jobpipe\"""#,
+        ])
+        .map(str::to_owned),
+    );
+    let docs = documents(&render(&[], &strs(&args)).await.expect("renders")).await;
+    let scaled = &named(&docs, "ScaledObject", "-consumer")["spec"];
+    assert_eq!(scaled["minReplicaCount"], 0);
+    assert_eq!(scaled["advanced"]["scalingModifiers"]["target"], "8");
+    for trigger in scaled["triggers"].as_array().expect("triggers") {
+        assert_eq!(
+            trigger["authenticationRef"],
+            json!({"name": "prometheus-auth"})
+        );
+        assert_eq!(trigger["metadata"]["authModes"], "bearer");
+        assert_eq!(trigger["metadata"]["threshold"], "8");
+        let query = trigger["metadata"]["query"].as_str().expect("query");
+        assert!(query.contains(r#"{cluster="eu1",job="jobpipe""#), "{query}");
+    }
+    assert!(
+        of_kind(&docs, "PodDisruptionBudget")
+            .iter()
+            .all(|b| b["metadata"]["name"] != "jp-jobpipe-consumer"),
+        "no budget for a Deployment that may run no pod"
+    );
+}
+
+#[tokio::test]
+async fn the_hpa_scales_consumers_on_their_desired_replicas_estimate() {
+    let docs = documents(
+        &render(
+            &[],
+            &[
+                "--set",
+                "consumer.autoscaling.hpa.enabled=true",
+                "--set",
+                "consumer.autoscaling.hpa.minReplicas=3",
+                "--set",
+                "consumer.autoscaling.hpa.maxReplicas=30",
+                "--set",
+                "consumer.autoscaling.targetDrainTime=2m",
+            ],
+        )
+        .await
+        .expect("renders"),
+    )
+    .await;
+    let hpa = &named(&docs, "HorizontalPodAutoscaler", "-consumer")["spec"];
+    assert_eq!(
+        hpa["scaleTargetRef"],
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "name": "jp-jobpipe-consumer"})
+    );
+    assert_eq!(
+        (&hpa["minReplicas"], &hpa["maxReplicas"]),
+        (&json!(3), &json!(30))
+    );
+    // Every consumer exports the same estimate; at a target of 1 per replica, the HPA runs
+    // that many. Nothing else (no CPU) can outvote it.
+    assert_eq!(
+        hpa["metrics"],
+        json!([{
+            "type": "External",
+            "external": {
+                "metric": {
+                    "name": "jobpipe_consumer_desired_replicas",
+                    "selector": {"matchLabels": {"service": "jp-jobpipe-consumer"}},
+                },
+                "target": {"type": "AverageValue", "averageValue": "1"},
+            },
+        }])
+    );
+    // The estimate aims at the drain time the values give.
+    let config = named(&docs, "ConfigMap", "jp-jobpipe");
+    let consumer_toml = toml(config["data"]["consumer.toml"].as_str().expect("toml")).await;
+    assert_eq!(consumer_toml["scaling"], json!({"target_drain_time": "2m"}));
+    assert!(named(&docs, "Deployment", "-consumer")["spec"]["replicas"].is_null());
+    assert!(of_kind(&docs, "ScaledObject").is_empty());
+    assert_eq!(
+        named(&docs, "PodDisruptionBudget", "-consumer")["spec"]["maxUnavailable"],
+        1
+    );
+
+    // By default the consumers run a fixed count, and still estimate (for dashboards).
+    let defaults = documents(&render(&[], &[]).await.expect("renders")).await;
+    assert_eq!(
+        named(&defaults, "Deployment", "-consumer")["spec"]["replicas"],
+        2
+    );
+    let config = named(&defaults, "ConfigMap", "jp-jobpipe");
+    let consumer_toml = toml(config["data"]["consumer.toml"].as_str().expect("toml")).await;
+    assert_eq!(consumer_toml["scaling"]["target_drain_time"], "60s");
+}
+
+#[tokio::test]
+async fn one_autoscaler_per_deployment_fed_by_gauges_that_exist() {
+    let keda = keda_args("{default}");
+    let mut both = keda.clone();
+    both.extend(["--set", "consumer.autoscaling.hpa.enabled=true"].map(str::to_owned));
+    let error = render(&[], &strs(&both))
+        .await
+        .expect_err("an HPA and a ScaledObject on one Deployment");
+    assert!(
+        error.contains("must not both scale the consumer Deployment"),
+        "{error}"
+    );
+
+    // Whatever the values file and the mode, each Deployment has at most one autoscaler.
+    let modes = [
+        vec![],
+        strs(&keda),
+        // (the production values enable KEDA: the HPA replaces it)
+        vec![
+            "--set",
+            "consumer.autoscaling.keda.enabled=false",
+            "--set",
+            "consumer.autoscaling.hpa.enabled=true",
+        ],
+        vec!["--set", "producer.autoscaling.enabled=true"],
+    ];
+    for values in ALL_VALUES {
+        for mode in &modes {
+            let docs = documents(&render(values, mode).await.expect("renders")).await;
+            for deployment in of_kind(&docs, "Deployment") {
+                let name = &deployment["metadata"]["name"];
+                let scalers = docs
+                    .iter()
+                    .filter(|d| {
+                        matches!(
+                            d["kind"].as_str(),
+                            Some("HorizontalPodAutoscaler" | "ScaledObject")
+                        ) && &d["spec"]["scaleTargetRef"]["name"] == name
+                    })
+                    .count();
+                assert!(
+                    scalers <= 1,
+                    "{values:?} {mode:?}: {scalers} autoscalers for {name}"
+                );
+                if scalers == 1 {
+                    assert!(
+                        deployment["spec"]["replicas"].is_null(),
+                        "{values:?} {mode:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    // Settings under which the autoscaler could not work fail the render, naming the key.
+    let with_keda = |more: &[&str]| {
+        let mut args = keda.clone();
+        args.extend(
+            more.iter()
+                .flat_map(|set| ["--set".to_owned(), (*set).to_owned()]),
+        );
+        args
+    };
+    for (args, key) in [
+        (
+            vec![
+                "--set".to_owned(),
+                "consumer.autoscaling.keda.enabled=true".to_owned(),
+            ],
+            "consumer.autoscaling.keda.prometheus.serverAddress",
+        ),
+        (
+            with_keda(&["consumer.autoscaling.keda.jobsPerReplica=17"]),
+            "consumer.autoscaling.keda.jobsPerReplica (17) must not exceed consumer.concurrency (16)",
+        ),
+        (
+            with_keda(&[
+                "consumer.autoscaling.keda.minReplicaCount=0",
+                "producer.enabled=false",
+            ]),
+            "needs producer.enabled=true",
+        ),
+        (
+            with_keda(&["jobpipe.queuePollInterval=0s"]),
+            "jobpipe.queuePollInterval",
+        ),
+        (
+            with_keda(&["consumer.autoscaling.keda.prometheus.metadata.query=up"]),
+            "invalid propertyName 'query'",
+        ),
+        // The keys of the AMQP trigger and the CPU HPA are gone, loudly.
+        (
+            vec!["--set".to_owned(), "consumer.keda.enabled=true".to_owned()],
+            "keda",
+        ),
+        (
+            vec![
+                "--set".to_owned(),
+                "consumer.autoscaling.enabled=true".to_owned(),
+            ],
+            "enabled",
+        ),
+        // Classic queues are for benchmarks: the chart does not offer them.
+        (
+            vec!["--set".to_owned(), "jobpipe.queueType=classic".to_owned()],
+            "queueType",
+        ),
+    ] {
+        let error = render(&[], &strs(&args)).await.expect_err("refused");
+        assert!(error.contains(key), "{args:?}: {error}");
+    }
+}
+
+#[tokio::test]
+async fn objects_of_optional_apis_render_only_where_the_cluster_serves_them() {
+    let keda = keda_args("{default}");
+    let cases: [(Vec<&str>, &str, &str, &str); 4] = [
+        (
+            strs(&keda),
+            "keda.sh/v1alpha1",
+            "consumer.autoscaling.keda.enabled",
+            "ScaledObject",
+        ),
+        (
+            vec!["--set", "serviceMonitor.enabled=true"],
+            "monitoring.coreos.com/v1",
+            "serviceMonitor.enabled",
+            "ServiceMonitor",
+        ),
+        (
+            vec![
+                "--set",
+                "producer.tls.enabled=true",
+                "--set",
+                "producer.tls.secretName=jobpipe-producer-tls",
+                "--set",
+                "producer.tls.certManager.enabled=true",
+                "--set",
+                "producer.tls.certManager.issuerRef.name=internal-ca",
+            ],
+            "cert-manager.io/v1",
+            "producer.tls.certManager.enabled",
+            "Certificate",
+        ),
+        (
+            vec!["--set", "consumer.autoscaling.hpa.enabled=true"],
+            "external.metrics.k8s.io/v1beta1",
+            "consumer.autoscaling.hpa.enabled",
+            "HorizontalPodAutoscaler",
+        ),
+    ];
+    for (args, api, value, kind) in cases {
+        // Without the API: a message naming it and the value to turn off, not a "no matches
+        // for kind" halfway through the install.
+        let error = render_on("", &[], &args).await.expect_err("no such API");
+        for said in [
+            format!("{value}=true needs"),
+            api.to_owned(),
+            format!("{value}=false"),
+        ] {
+            assert!(error.contains(&said), "{value}: {said} not in {error}");
+        }
+        // With it (and only it), the object renders.
+        let docs = documents(&render_on(api, &[], &args).await.expect("renders")).await;
+        assert_eq!(of_kind(&docs, kind).len(), 1, "{value}");
+    }
+    // The shipped files that use such APIs need them too.
+    for values in [PRODUCTION, SECURE] {
+        render_on("", values, &[]).await.expect_err("no such APIs");
+    }
+    for values in [&[][..], WORKER, CUSTOM_CONSUMER] {
+        render_on("", values, &[])
+            .await
+            .expect("renders on a bare cluster");
+    }
+}
+
+/// `--set-json` arguments giving every scheduling field at `path` (empty: the global values), each
+/// naming `marker`.
+fn scheduling_args(path: &str, marker: &str) -> Vec<String> {
+    let prefix = if path.is_empty() {
+        String::new()
+    } else {
+        format!("{path}.")
+    };
+    let fields = json!({
+        "imagePullSecrets": [{"name": format!("{marker}-registry")}],
+        "podAnnotations": {"example.com/placed-by": marker, format!("example.com/{marker}"): "yes"},
+        "nodeSelector": {"example.com/pool": marker},
+        "tolerations": [{"key": "example.com/dedicated", "operator": "Equal", "value": marker,
+                         "effect": "NoSchedule"}],
+        "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [{"matchExpressions": [
+                {"key": "example.com/class", "operator": "In", "values": [marker]}]}]}}},
+        "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
+                                       "whenUnsatisfiable": "ScheduleAnyway"}],
+        "priorityClassName": marker,
+    });
+    fields
+        .as_object()
+        .expect("fields")
+        .iter()
+        .flat_map(|(key, value)| ["--set-json".to_owned(), format!("{prefix}{key}={value}")])
+        .collect()
+}
+
+/// Checks that the pod `doc` (a Deployment, Job or Pod) carries every scheduling field of
+/// `marker` (see [`scheduling_args`]), its spread constraint selecting the pod's own component.
+fn assert_scheduled(doc: &Value, marker: &str, context: &str) {
+    let (meta, spec) = if doc["kind"] == "Pod" {
+        (&doc["metadata"], &doc["spec"])
+    } else {
+        (
+            &doc["spec"]["template"]["metadata"],
+            &doc["spec"]["template"]["spec"],
+        )
+    };
+    let who = format!("{context}: {} {}", doc["kind"], doc["metadata"]["name"]);
+    let component = &meta["labels"]["app.kubernetes.io/component"];
+    assert_eq!(
+        spec["imagePullSecrets"],
+        json!([{"name": format!("{marker}-registry")}]),
+        "{who}"
+    );
+    assert_eq!(
+        spec["nodeSelector"],
+        json!({"example.com/pool": marker}),
+        "{who}"
+    );
+    assert_eq!(spec["tolerations"][0]["value"], marker, "{who}");
+    assert_eq!(
+        spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+            [0]["matchExpressions"][0]["values"],
+        json!([marker]),
+        "{who}"
+    );
+    assert_eq!(spec["priorityClassName"], marker, "{who}");
+    assert_eq!(
+        spec["topologySpreadConstraints"],
+        json!([{
+            "maxSkew": 1,
+            "topologyKey": "topology.kubernetes.io/zone",
+            "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {"matchLabels": {
+                "app.kubernetes.io/name": "jobpipe",
+                "app.kubernetes.io/instance": "jp",
+                "app.kubernetes.io/component": component,
+            }},
+        }]),
+        "{who}"
+    );
+    let annotations = &meta["annotations"];
+    assert_eq!(annotations["example.com/placed-by"], marker, "{who}");
+    assert_eq!(annotations[format!("example.com/{marker}")], "yes", "{who}");
+}
+
+#[tokio::test]
+async fn every_pod_the_chart_creates_takes_the_scheduling_fields() {
+    // Every pod: the Deployments', the topology Job's (a hook: without pull secrets or
+    // tolerations it blocks the install) and the `helm test` pod's.
+    let every_pod = ["--set", "topology.declareBy=job"];
+    let components = [
+        ("producer", "producer"),
+        ("consumer", "consumer"),
+        ("topology", "topology.job"),
+        ("test", "tests"),
+    ];
+    for values in ALL_VALUES {
+        // The global values reach every pod that has none of its own...
+        let mut args = scheduling_args("", "global");
+        args.extend(every_pod.map(str::to_owned));
+        for path in ["producer", "consumer"] {
+            // ...(the shipped files give these their own affinity).
+            args.extend(["--set-json".to_owned(), format!("{path}.affinity={{}}")]);
+        }
+        let docs = documents(&render(values, &strs(&args)).await.expect("renders")).await;
+        let pods: Vec<&Value> = docs
+            .iter()
+            .filter(|d| matches!(d["kind"].as_str(), Some("Deployment" | "Job" | "Pod")))
+            .collect();
+        assert_eq!(pods.len(), 4, "{values:?}");
+        for pod in &pods {
+            assert_scheduled(pod, "global", &format!("{values:?}"));
+        }
+
+        // ...and each component's own replace them (annotations merge, its own winning).
+        let mut args = scheduling_args("", "global");
+        args.extend(every_pod.map(str::to_owned));
+        for (marker, path) in components {
+            args.extend(scheduling_args(path, marker));
+        }
+        let docs = documents(&render(values, &strs(&args)).await.expect("renders")).await;
+        let mut seen = Vec::new();
+        for pod in docs
+            .iter()
+            .filter(|d| matches!(d["kind"].as_str(), Some("Deployment" | "Job" | "Pod")))
+        {
+            let meta = if pod["kind"] == "Pod" {
+                &pod["metadata"]
+            } else {
+                &pod["spec"]["template"]["metadata"]
+            };
+            let component = meta["labels"]["app.kubernetes.io/component"]
+                .as_str()
+                .expect("component");
+            assert_scheduled(pod, component, &format!("{values:?}"));
+            assert_eq!(
+                meta["annotations"]["example.com/global"], "yes",
+                "{component}"
+            );
+            seen.push(component.to_owned());
+        }
+        seen.sort_unstable();
+        assert_eq!(
+            seen,
+            ["consumer", "producer", "test", "topology"],
+            "{values:?}"
+        );
+    }
+
+    // The shipped anti-affinity keeps pods of one component apart, not producers from consumers.
+    for values in [PRODUCTION, SECURE] {
+        let docs = documents(&render(values, &[]).await.expect("renders")).await;
+        for component in ["producer", "consumer"] {
+            let spec = pod_spec(&docs, "Deployment", &format!("-{component}"));
+            let terms = spec["affinity"]["podAntiAffinity"]
+                ["preferredDuringSchedulingIgnoredDuringExecution"]
+                .as_array()
+                .expect("anti-affinity");
+            for term in terms {
+                assert_eq!(
+                    term["podAffinityTerm"]["labelSelector"]["matchLabels"]["app.kubernetes.io/component"],
+                    component,
+                    "{values:?}"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn probes_keep_the_charts_checks_and_take_their_timings_from_the_values() {
+    let defaults = documents(&render(&[], &[]).await.expect("renders")).await;
+    let admin = |path: &str| json!({"path": path, "port": "admin"});
+    let grpc = |service: &str| json!({"port": 50051, "service": service});
+    let consumer = &pod_spec(&defaults, "Deployment", "-consumer")["containers"][0];
+    let producer = &pod_spec(&defaults, "Deployment", "-producer")["containers"][0];
+    // The defaults are the probes the chart always had.
+    for (container, check, field) in [
+        (
+            consumer,
+            [admin("/livez"), admin("/readyz"), admin("/livez")],
+            "httpGet",
+        ),
+        (
+            producer,
+            [grpc(""), grpc("jobpipe.v1.JobService"), grpc("")],
+            "grpc",
+        ),
+    ] {
+        let [live, ready, start] = check;
+        assert_eq!(
+            container["livenessProbe"],
+            json!({field: live, "periodSeconds": 10, "failureThreshold": 3})
+        );
+        assert_eq!(
+            container["readinessProbe"],
+            json!({field: ready, "periodSeconds": 5, "failureThreshold": 2})
+        );
+        assert_eq!(
+            container["startupProbe"],
+            json!({field: start, "periodSeconds": 2, "failureThreshold": 30})
+        );
+    }
+
+    let tuned = documents(
+        &render(
+            &[],
+            &[
+                "--set",
+                "producer.probes.liveness.timeoutSeconds=5",
+                "--set",
+                "producer.probes.readiness.successThreshold=2",
+                "--set",
+                "consumer.probes.startup.failureThreshold=90",
+                "--set",
+                "consumer.probes.liveness.initialDelaySeconds=15",
+                "--set",
+                "producer.tls.enabled=true",
+                "--set",
+                "producer.tls.secretName=tls",
+            ],
+        )
+        .await
+        .expect("renders"),
+    )
+    .await;
+    let producer = &pod_spec(&tuned, "Deployment", "-producer")["containers"][0];
+    assert_eq!(
+        producer["livenessProbe"],
+        json!({"httpGet": admin("/livez"), "periodSeconds": 10, "failureThreshold": 3,
+               "timeoutSeconds": 5})
+    );
+    assert_eq!(producer["readinessProbe"]["successThreshold"], 2);
+    assert_eq!(producer["readinessProbe"]["httpGet"], admin("/readyz"));
+    let consumer = &pod_spec(&tuned, "Deployment", "-consumer")["containers"][0];
+    assert_eq!(
+        consumer["startupProbe"],
+        json!({"httpGet": admin("/livez"), "periodSeconds": 2, "failureThreshold": 90})
+    );
+    assert_eq!(consumer["livenessProbe"]["initialDelaySeconds"], 15);
+
+    // The checks themselves stay the chart's; liveness and startup need a success to be one.
+    for (set, key) in [
+        ("producer.probes.liveness.httpGet.path=/", "httpGet"),
+        (
+            "consumer.probes.startup.successThreshold=2",
+            "successThreshold",
+        ),
+    ] {
+        let error = render(&[], &["--set", set]).await.expect_err("refused");
+        assert!(error.contains(key), "{set}: {error}");
+    }
+}
+
+#[tokio::test]
+async fn every_values_file_follows_the_sizing_rule() {
+    for values in ALL_VALUES {
+        let docs = documents(&render(values, &[]).await.expect("renders")).await;
+        let config = named(&docs, "ConfigMap", "jp-jobpipe");
+        let consumer_toml = toml(config["data"]["consumer.toml"].as_str().expect("toml")).await;
+        let number = |value: &Value| value.as_u64().expect("a number");
+        let prefetch = number(&consumer_toml["consumer"]["prefetch"]);
+        let concurrency = number(&consumer_toml["consumer"]["concurrency"]);
+        let queues = consumer_toml["topology"]["queues"]
+            .as_array()
+            .map(Vec::len)
+            .and_then(|n| u64::try_from(n).ok())
+            .expect("queues");
+        // RabbitMQ's consumer_timeout runs from when a delivery is sent: held deliveries must
+        // not wait behind more than k - 1 jobs per slot.
+        assert!(
+            prefetch * queues <= SIZING_K * concurrency,
+            "{values:?}: prefetch {prefetch} x {queues} queues > {SIZING_K} x concurrency \
+             {concurrency}"
+        );
+        assert_eq!(
+            consumer_toml["topology"]["queue_type"], "quorum",
+            "{values:?}"
+        );
+
+        // Kubernetes waits longer than the consumer drains.
+        let drain = consumer_toml["shutdown"]["grace_period"]
+            .as_str()
+            .and_then(|g| g.strip_suffix('s'))
+            .and_then(|g| g.parse::<u64>().ok())
+            .expect("grace_period in seconds");
+        let spec = pod_spec(&docs, "Deployment", "-consumer");
+        let pod_grace = number(&spec["terminationGracePeriodSeconds"]);
+        assert!(pod_grace >= drain, "{values:?}: {pod_grace}s < {drain}s");
+
+        // Every jobpipe container is probed three ways.
+        for (component, container) in [("-consumer", "consumer"), ("-producer", "producer")] {
+            let container = container_of(&docs, component, container);
+            for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
+                let probe = &container[probe];
+                assert!(
+                    ["grpc", "httpGet"]
+                        .iter()
+                        .any(|check| probe[check].is_object()),
+                    "{values:?} {component}: {probe}"
+                );
+            }
+        }
+    }
+}
+
+/// The container `name` of the Deployment `*suffix`.
+fn container_of<'a>(docs: &'a [Value], suffix: &str, name: &str) -> &'a Value {
+    container(pod_spec(docs, "Deployment", suffix), name)
 }
 
 /// Where the pod's first container mounts the ConfigMap `name`.

@@ -360,7 +360,9 @@ server_name = {{ $tls.serverName | quote }}
 [topology]
 prefix = {{ .Values.jobpipe.prefix | quote }}
 queues = [{{ range $i, $q := .Values.jobpipe.queues }}{{ if $i }}, {{ end }}{{ $q | quote }}{{ end }}]
-queue_type = {{ .Values.jobpipe.queueType | quote }}
+{{- /* Quorum queues only: the services' classic type is for benchmarks (no delivery limit,
+at-most-once dead-lettering), so the chart does not offer it. */}}
+queue_type = "quorum"
 delivery_limit = {{ .Values.jobpipe.deliveryLimit | int64 }}
 max_length = {{ .Values.jobpipe.maxLength | int64 }}
 declare = {{ eq .Values.topology.declareBy "services" }}
@@ -433,6 +435,7 @@ never be dropped silently. Included by the ConfigMap, which every installation r
 {{- if and $worker.enabled (not $worker.image.repository) }}
 {{- fail "consumer.worker.enabled=true needs consumer.worker.image.repository: the worker's image" }}
 {{- end }}
+{{- include "jobpipe.validateAutoscaling" . }}
 {{- $jobTypes := dict }}
 {{- range $i, $route := .Values.consumer.routes }}
 {{- if hasKey $jobTypes $route.jobType }}
@@ -448,6 +451,55 @@ never be dropped silently. Included by the ConfigMap, which every installation r
 {{- end }}
 {{- if and (not (contains "://" $route.target)) (or $route.tokenSecret $route.timeout) }}
 {{- fail (printf "consumer.routes[%d].tokenSecret and .timeout apply to http(s) and grpc(s) targets, not to the handler %q" $i $route.target) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Fails the render unless the cluster serves `api`, naming the value that needs it and the one to
+turn off: without the check, a missing CRD surfaces as an unhelpful "no matches for kind" halfway
+through the install. Pass (dict "root" $ "api" "keda.sh/v1alpha1" "what" "KEDA" "value"
+"consumer.autoscaling.keda.enabled").
+*/}}
+{{- define "jobpipe.requireApi" -}}
+{{- if not (.root.Capabilities.APIVersions.Has .api) }}
+{{- fail (printf "%s=true needs %s, but the cluster serves no %s: install it first, or set %s=false (with helm template, pass --api-versions %s)" .value .what .api .value .api) }}
+{{- end }}
+{{- end }}
+
+{{/*
+The consumer's autoscaling: one autoscaler per Deployment, fed by gauges that exist. Part of
+jobpipe.validate.
+*/}}
+{{- define "jobpipe.validateAutoscaling" -}}
+{{- $consumer := .Values.consumer }}
+{{- $hpa := $consumer.autoscaling.hpa }}
+{{- $keda := $consumer.autoscaling.keda }}
+{{- if and $consumer.enabled (or $hpa.enabled $keda.enabled) }}
+{{- if and $hpa.enabled $keda.enabled }}
+{{- fail "consumer.autoscaling.hpa (an HPA) and consumer.autoscaling.keda (a KEDA ScaledObject, which makes an HPA of its own) must not both scale the consumer Deployment: enable one" }}
+{{- end }}
+{{- if regexMatch "^(0+(ms|s|m|h|d) ?)+$" .Values.jobpipe.queuePollInterval }}
+{{- fail "consumer.autoscaling needs the queue gauges it scales on: set jobpipe.queuePollInterval above 0s" }}
+{{- end }}
+{{- if and $hpa.enabled (gt (int $hpa.minReplicas) (int $hpa.maxReplicas)) }}
+{{- fail "consumer.autoscaling.hpa.minReplicas must not exceed consumer.autoscaling.hpa.maxReplicas" }}
+{{- end }}
+{{- if $keda.enabled }}
+{{- if not $keda.prometheus.serverAddress }}
+{{- fail "consumer.autoscaling.keda.enabled=true needs consumer.autoscaling.keda.prometheus.serverAddress: the Prometheus that scrapes jobpipe's metrics (e.g. http://prometheus-operated.monitoring:9090)" }}
+{{- end }}
+{{- if gt (int $keda.minReplicaCount) (int $keda.maxReplicaCount) }}
+{{- fail "consumer.autoscaling.keda.minReplicaCount must not exceed consumer.autoscaling.keda.maxReplicaCount" }}
+{{- end }}
+{{- /* A replica whose every slot is busy would count as less than one, and be scaled in. */}}
+{{- if gt (int $keda.jobsPerReplica) (int $consumer.concurrency) }}
+{{- fail (printf "consumer.autoscaling.keda.jobsPerReplica (%d) must not exceed consumer.concurrency (%d): a consumer running a job in every slot would count as less than one replica and be scaled in" (int $keda.jobsPerReplica) (int $consumer.concurrency)) }}
+{{- end }}
+{{- /* At zero consumers, only the producers export the gauges that wake them up. */}}
+{{- if and (eq (int $keda.minReplicaCount) 0) (not .Values.producer.enabled) }}
+{{- fail "consumer.autoscaling.keda.minReplicaCount=0 needs producer.enabled=true: with no consumer running, the producers' queue gauges are what wakes the consumers up" }}
+{{- end }}
 {{- end }}
 {{- end }}
 {{- end }}
