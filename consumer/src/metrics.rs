@@ -89,9 +89,11 @@ pub(crate) struct ConsumerMetrics {
     redeliveries: Family<QueueLabels, Counter>,
     /// Jobs whose handler is running now.
     pub(crate) in_flight: Gauge,
-    /// Attempts finished (succeeded, retried or dead-lettered; not returned): the rate the
-    /// desired-replicas signal scales by. Not exported: `jobpipe_consumer_jobs` has it by label.
-    pub(crate) finished: Counter,
+    /// Attempts run, and the microseconds they took: what a handler slot gets done, which the
+    /// desired-replicas signal scales by. Not exported (`jobpipe_consumer_handler_seconds`
+    /// has them by label).
+    pub(crate) attempts_run: Counter,
+    pub(crate) attempt_micros: Counter,
     worker_requests: Family<RequestLabels, Counter>,
     worker_seconds: Family<RouteLabels, Histogram>,
     worker_in_flight: Family<RouteLabels, Gauge>,
@@ -120,7 +122,8 @@ impl ConsumerMetrics {
             attempts: Family::new_with_constructor(|| Histogram::new(linear_buckets(1.0, 1.0, 25))),
             redeliveries: Family::default(),
             in_flight: Gauge::default(),
-            finished: Counter::default(),
+            attempts_run: Counter::default(),
+            attempt_micros: Counter::default(),
             worker_requests: Family::default(),
             worker_seconds: Family::new_with_constructor(|| Histogram::new(latency_buckets())),
             worker_in_flight: Family::default(),
@@ -229,9 +232,6 @@ impl ConsumerMetrics {
         outcome: Outcome,
         reason: Option<FailureKind>,
     ) {
-        if outcome != Outcome::Returned {
-            self.finished.inc();
-        }
         self.jobs
             .get_or_create(&JobLabels {
                 queue: self.intern(queue),
@@ -244,6 +244,9 @@ impl ConsumerMetrics {
 
     /// Records an attempt's handler time.
     pub(crate) fn handler_time(&self, queue: &str, job_type: &str, elapsed: Duration) {
+        self.attempts_run.inc();
+        self.attempt_micros
+            .inc_by(u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX));
         self.handler_seconds
             .get_or_create(&HandlerLabels {
                 queue: self.intern(queue),

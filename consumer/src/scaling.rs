@@ -1,15 +1,15 @@
 //! The replicas the consumers need, as one number any autoscaler can use
 //! (`jobpipe_consumer_desired_replicas`): enough to finish the ready backlog and the jobs in
-//! flight within `scaling.target_drain_time` at the rate a replica finishes jobs, never fewer
-//! than the running jobs fill (a busy replica is never counted as spare), one while anything
-//! waits in the delay ladder (which adds no more: those jobs are not due), and zero only when
-//! there is no work at all.
+//! flight within `scaling.target_drain_time` at the rate a replica can finish jobs (its handler
+//! slots over the time an attempt takes), never fewer than the running jobs fill (a busy
+//! replica is never counted as spare), one while anything waits in the delay ladder (which adds
+//! no more: those jobs are not due), and zero only when there is no work at all.
 
 use crate::metrics::ConsumerMetrics;
 use jobpipe_runtime::queue_state::Depths;
 use prometheus_client::{metrics::gauge::Gauge, registry::Registry};
 use serde::Deserialize;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -42,7 +42,7 @@ pub(crate) struct Load {
     pub(crate) replicas: u64,
     /// Jobs waiting in the delay ladder, all queues.
     pub(crate) delayed: u64,
-    /// Jobs a replica finishes per second (see [`rate`]); 0 when unknown.
+    /// Jobs a replica can finish per second (see [`capacity`]); 0 when unknown.
     pub(crate) rate: f64,
     /// Jobs a replica runs at once.
     pub(crate) concurrency: u64,
@@ -69,15 +69,14 @@ pub(crate) fn desired_replicas(load: &Load, drain: Duration) -> u64 {
     busy.max(to_drain).max(1)
 }
 
-/// Jobs per second a replica finishes, from `finished` in the last `elapsed`: when none
-/// finished, each of the `in_flight` running all along takes longer than `elapsed`, so at most
-/// `in_flight / elapsed` (scaling by that bound errs towards more replicas, never fewer).
-pub(crate) fn rate(finished: u64, in_flight: u64, elapsed: Duration) -> f64 {
-    let seconds = elapsed.as_secs_f64();
-    if seconds <= 0.0 {
-        return 0.0;
-    }
-    finished.max(in_flight) as f64 / seconds
+/// Jobs per second a replica can finish when every one of its `concurrency` slots is busy:
+/// `attempts` took `busy` together, so a slot finishes one per `busy / attempts`. Measured on
+/// the attempts themselves, it does not fall when the replica idles. `None` when none ran.
+pub(crate) fn capacity(attempts: u64, busy: Duration, concurrency: u64) -> Option<f64> {
+    (attempts > 0).then(|| {
+        let per_attempt = busy.as_secs_f64().max(1e-6) / attempts as f64;
+        concurrency as f64 / per_attempt
+    })
 }
 
 /// The signal's gauge.
@@ -106,7 +105,11 @@ impl DesiredReplicas {
         config: ScalingConfig,
         shutdown: CancellationToken,
     ) {
-        let mut last = (Instant::now(), metrics.finished.get());
+        let concurrency = u64::try_from(concurrency).unwrap_or(u64::MAX);
+        let counted = || (metrics.attempts_run.get(), metrics.attempt_micros.get());
+        let mut last = counted();
+        // The last capacity measured: long attempts finish seldom, and it holds meanwhile.
+        let mut rate = 0.0;
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -115,11 +118,15 @@ impl DesiredReplicas {
             let Some(reading) = depths.borrow_and_update().clone() else {
                 continue;
             };
-            let (now, finished) = (Instant::now(), metrics.finished.get());
-            let in_flight = u64::try_from(metrics.in_flight.get()).unwrap_or(0);
+            let now = counted();
+            let busy = Duration::from_micros(now.1 - last.1);
+            if let Some(measured) = capacity(now.0 - last.0, busy, concurrency) {
+                rate = measured;
+            }
+            last = now;
             let load = Load {
                 backlog: reading.queues.iter().map(|q| q.ready).sum(),
-                in_flight,
+                in_flight: u64::try_from(metrics.in_flight.get()).unwrap_or(0),
                 replicas: reading
                     .queues
                     .iter()
@@ -127,10 +134,9 @@ impl DesiredReplicas {
                     .max()
                     .unwrap_or(0),
                 delayed: reading.delayed,
-                rate: rate(finished - last.1, in_flight, now - last.0),
-                concurrency: u64::try_from(concurrency).unwrap_or(u64::MAX),
+                rate,
+                concurrency,
             };
-            last = (now, finished);
             let desired = desired_replicas(&load, config.target_drain_time);
             self.0.set(i64::try_from(desired).unwrap_or(i64::MAX));
         }
@@ -181,12 +187,14 @@ mod tests {
     }
 
     #[test]
-    fn the_rate_is_bounded_by_what_runs_when_nothing_finished() {
+    fn capacity_is_slots_over_the_time_an_attempt_takes() {
         let second = Duration::from_secs(1);
-        assert_eq!(rate(30, 4, 2 * second), 15.0);
-        assert_eq!(rate(0, 4, 2 * second), 2.0);
-        assert_eq!(rate(0, 0, second), 0.0);
-        assert_eq!(rate(5, 0, Duration::ZERO), 0.0);
+        // 8 attempts of 2 s on 4 slots: 2 jobs/s, however long the replica idled meanwhile.
+        assert_eq!(capacity(8, 16 * second, 4), Some(2.0));
+        assert_eq!(capacity(1, second / 2, 16), Some(32.0));
+        assert_eq!(capacity(0, second, 16), None);
+        // Attempts that took no measurable time: a large capacity, not a division by zero.
+        assert!(capacity(3, Duration::ZERO, 1).is_some_and(f64::is_finite));
     }
 
     proptest! {

@@ -79,7 +79,8 @@ pub struct GrpcConfig {
     #[serde(with = "humantime_serde")]
     pub keepalive_timeout: Duration,
     /// How long a connection lives, idle or busy; then the server asks the client to reconnect
-    /// (HTTP/2 GOAWAY) and gives calls in flight `request_timeout` to finish.
+    /// (HTTP/2 GOAWAY) and gives calls in flight the longer of `request_timeout` and
+    /// `admin_request_timeout` to finish.
     #[serde(with = "humantime_serde")]
     pub max_connection_age: Duration,
     /// TLS on the gRPC port: the certificate to serve and, for mutual TLS, the CA of client
@@ -231,6 +232,12 @@ impl Config {
                 "must be longer than amqp.confirm_timeout: a submit waits for its confirm",
             );
         }
+        if grpc.admin_request_timeout <= self.amqp.confirm_timeout {
+            return invalid(
+                "grpc.admin_request_timeout",
+                "must be longer than amqp.confirm_timeout: a replay waits for its confirms",
+            );
+        }
         self.admin.validate()?;
         self.amqp.validate()?;
         self.log.validate()?;
@@ -353,6 +360,10 @@ mod tests {
                 "topology.queues",
             ),
             (&[("JOBPIPE__AMQP__URL", "http://x")], "amqp.url"),
+            (
+                &[("JOBPIPE__GRPC__ADMIN_REQUEST_TIMEOUT", "0s")],
+                "grpc.admin_request_timeout",
+            ),
             (
                 &[
                     ("JOBPIPE__AMQP__URL", "amqp://a:5672/%2f"),

@@ -1,43 +1,26 @@
-//! Dead letters for operators: reading a dead-letter queue without changing it, selecting entries
-//! by a filter, and what an entry says about itself.
-//!
-//! A [`Scan`] reads a dead-letter queue through subscriptions of its own with a bounded window
-//! (bounded memory whatever the queue's length), acknowledging nothing but what the caller
-//! removes; when it ends, every other entry goes back. Dead-letter queues have no delivery
-//! limit, so being read never moves an entry.
+//! Dead letters for operators: selecting entries by a filter, what an entry says about itself,
+//! and page tokens. Reading a dead-letter queue is [`crate::scan`]'s.
 
+use crate::scan::Message;
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use futures::{FutureExt, StreamExt};
 use jobpipe_proto::{
     failure::{self, REPLAYED},
     headers,
     job::{JobProperties, from_unix_millis, integer_header, text_header},
     v1::{DeadLetter, DeadLetterFilter, HistoryEntry},
 };
-use jobpipe_runtime::amqp::Session;
 use lapin::{
-    BasicProperties, Channel,
-    message::Delivery,
-    options::{
-        BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-        QueueDeclareOptions,
-    },
+    BasicProperties,
     types::{AMQPValue, FieldTable},
 };
 use std::{
-    collections::{BTreeSet, HashMap, VecDeque},
+    collections::HashMap,
     hash::{DefaultHasher, Hash, Hasher},
-    time::{Duration, SystemTime},
+    time::SystemTime,
 };
-use tracing::warn;
 
 /// The most of a payload a listing returns per entry.
 pub(crate) const MAX_LISTED_PAYLOAD: usize = 64 * 1024;
-/// How long a closing scan waits for its entries to be back: a second, and a quorum queue takes
-/// about 25,000 returns per second in (100,000 entries show as ready all at once, 4.5 s later).
-const RETURN_PATIENCE: Duration = Duration::from_secs(1);
-const RETURN_PATIENCE_PER_ENTRY: Duration = Duration::from_micros(100);
-const RETURN_CHECK_PAUSE: Duration = Duration::from_millis(25);
 /// The most entries a selector may name per list.
 const MAX_SELECTORS: usize = 1000;
 
@@ -163,7 +146,7 @@ pub(crate) struct Summary {
 
 /// Reads `properties`' summary.
 pub(crate) fn summarize(properties: &BasicProperties) -> Summary {
-    let empty = lapin::types::FieldTable::default();
+    let empty = FieldTable::default();
     let table = properties.headers().as_ref().unwrap_or(&empty);
     let text = |name: &str| text_header(table, name).map(|s| s.into_owned());
     // Without jobpipe's record, RabbitMQ's reason (`delivery_limit`, `rejected`, ...).
@@ -199,7 +182,7 @@ pub(crate) fn to_proto(
     payload: Option<usize>,
 ) -> DeadLetter {
     let (properties, body) = (&message.properties, &message.body);
-    let empty = lapin::types::FieldTable::default();
+    let empty = FieldTable::default();
     let table = properties.headers().as_ref().unwrap_or(&empty);
     let text = |name: &str| {
         text_header(table, name)
@@ -345,276 +328,6 @@ impl PageToken {
             digest,
             after: Some((at, id.to_owned())),
         })
-    }
-}
-
-/// One dead letter read by a [`Scan`].
-#[derive(Debug)]
-pub(crate) struct Message {
-    /// Its delivery tag on the scan's channel.
-    pub(crate) tag: u64,
-    pub(crate) properties: BasicProperties,
-    pub(crate) body: Vec<u8>,
-}
-
-/// What a scan's subscription may hold. A scan holds every entry it read and did not remove, so
-/// when its subscription is full it ends it (what it holds stays held) and subscribes anew: the
-/// broker never sends more than one window ahead of the reader, and a pass is not limited by a
-/// round trip per entry, as `basic.get` is (about 3,000 entries/s on a quorum queue). The window
-/// is sized by the largest entry seen, so that it holds about [`WINDOW_BYTES`] (AMQP cannot
-/// bound a window in bytes): a scan's memory is bounded whatever the entries' sizes.
-const WINDOW_BYTES: usize = 4 << 20;
-const FIRST_WINDOW: usize = 16;
-const WINDOWS: std::ops::RangeInclusive<usize> = 4..=1024;
-/// What an entry costs beyond its payload, roughly (properties and headers).
-const ENTRY_OVERHEAD: usize = 1024;
-/// How long a scan waits for an entry before asking the queue whether any are left.
-const QUIET: Duration = Duration::from_millis(20);
-
-/// One pass over the entries a dead-letter queue held when the pass began.
-pub(crate) struct Scan {
-    channel: Channel,
-    queue: String,
-    /// The subscription delivering now, and its tag.
-    subscription: Option<(lapin::Consumer, String)>,
-    subscriptions: usize,
-    /// Entries of the current subscription not removed: when it holds its window, the broker
-    /// sends it no more.
-    subscription_holds: usize,
-    window: usize,
-    /// The largest entry read so far, in bytes (roughly).
-    largest: usize,
-    /// The first delivery tag of the current subscription (tags grow on a channel).
-    subscription_from: u64,
-    /// Deliveries that arrived while a subscription ended, not yet read.
-    early: VecDeque<Delivery>,
-    /// The delivery tags of the entries read and not removed: what goes back when the scan
-    /// ends.
-    held: BTreeSet<u64>,
-    /// Entries left to read: the queue's length when the scan began. Entries dead-lettered
-    /// since (a replayed job that failed again, say) wait for the next pass.
-    left: u32,
-    last_tag: u64,
-}
-
-impl std::fmt::Debug for Scan {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Scan").field("queue", &self.queue).finish()
-    }
-}
-
-fn passive() -> QueueDeclareOptions {
-    QueueDeclareOptions {
-        passive: true,
-        ..Default::default()
-    }
-}
-
-impl Scan {
-    /// Starts reading `queue` on a channel of its own.
-    pub(crate) async fn open(session: &Session, queue: String) -> Result<Self, lapin::Error> {
-        let channel = session.open_channel().await?;
-        let mut scan = Self {
-            channel,
-            queue,
-            subscription: None,
-            subscriptions: 0,
-            subscription_holds: 0,
-            subscription_from: 0,
-            window: 0,
-            largest: 0,
-            early: VecDeque::new(),
-            held: BTreeSet::new(),
-            left: 0,
-            last_tag: 0,
-        };
-        let opened = async {
-            scan.left = scan.ready().await?;
-            if scan.left > 0 {
-                scan.subscribe().await?;
-            }
-            Ok(())
-        }
-        .await;
-        match opened {
-            Ok(()) => Ok(scan),
-            Err(error) => {
-                // Nothing read yet: the channel holds nothing.
-                let _ = scan.channel.close(200, "scan failed".into()).await;
-                Err(error)
-            }
-        }
-    }
-
-    async fn ready(&self) -> Result<u32, lapin::Error> {
-        Ok(self
-            .channel
-            .queue_declare(self.queue.as_str().into(), passive(), FieldTable::default())
-            .await?
-            .message_count())
-    }
-
-    /// Ends the current subscription, if any (its entries stay held; what it was sent before
-    /// the end is kept for reading) and starts another.
-    async fn subscribe(&mut self) -> Result<(), lapin::Error> {
-        self.unsubscribe().await?;
-        self.window = self.wanted_window();
-        // Per subscription: quorum queues refuse a channel-wide window.
-        let window = u16::try_from(self.window).unwrap_or(u16::MAX);
-        self.channel
-            .basic_qos(window, BasicQosOptions { global: false })
-            .await?;
-        self.subscriptions += 1;
-        let tag = format!("jobpipe-scan-{}", self.subscriptions);
-        let consumer = self
-            .channel
-            .basic_consume(
-                self.queue.as_str().into(),
-                tag.as_str().into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        self.subscription = Some((consumer, tag));
-        self.subscription_holds = 0;
-        self.subscription_from = self.last_tag + 1;
-        Ok(())
-    }
-
-    /// The window for the entries seen so far.
-    fn wanted_window(&self) -> usize {
-        match self.largest {
-            0 => FIRST_WINDOW,
-            largest => (WINDOW_BYTES / largest).clamp(*WINDOWS.start(), *WINDOWS.end()),
-        }
-    }
-
-    async fn unsubscribe(&mut self) -> Result<(), lapin::Error> {
-        let Some((mut consumer, tag)) = self.subscription.take() else {
-            return Ok(());
-        };
-        self.channel
-            .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-            .await?;
-        // The broker sends what it sent before it answers the cancel: it is all here.
-        while let Some(delivery) = consumer.next().now_or_never().flatten() {
-            let delivery = delivery?;
-            self.last_tag = self.last_tag.max(delivery.delivery_tag);
-            self.early.push_back(delivery);
-        }
-        Ok(())
-    }
-
-    async fn delivered(
-        &mut self,
-        wait: Option<Duration>,
-    ) -> Option<Result<Delivery, lapin::Error>> {
-        if let Some(delivery) = self.early.pop_front() {
-            return Some(Ok(delivery));
-        }
-        let (consumer, _) = self.subscription.as_mut()?;
-        match wait {
-            None => consumer.next().now_or_never().flatten(),
-            Some(wait) => tokio::time::timeout(wait, consumer.next())
-                .await
-                .ok()
-                .flatten(),
-        }
-    }
-
-    /// The next entry, held (unacknowledged) until removed or the scan closes; `None` at the
-    /// end (entries this scan holds are not seen again).
-    pub(crate) async fn next(&mut self) -> Result<Option<Message>, lapin::Error> {
-        while self.left > 0 {
-            if let Some(delivery) = self.delivered(None).await {
-                return Ok(Some(self.take(delivery?)));
-            }
-            // Full, or (once, after the first entries) narrower than their size allows.
-            if self.subscription_holds >= self.window || self.window < self.wanted_window() {
-                self.subscribe().await?;
-                continue;
-            }
-            if let Some(delivery) = self.delivered(Some(QUIET)).await {
-                return Ok(Some(self.take(delivery?)));
-            }
-            // Nothing came: another reader may hold the rest. The broker sends what it
-            // delivered to this channel before it answers on it, so when the queue has none
-            // ready, whatever is on its way is already here.
-            if self.ready().await? == 0 {
-                let last = self.delivered(None).await.transpose()?;
-                self.left = 0;
-                return Ok(last.map(|delivery| self.take(delivery)));
-            }
-        }
-        Ok(None)
-    }
-
-    fn take(&mut self, delivery: Delivery) -> Message {
-        let tag = delivery.delivery_tag;
-        self.left = self.left.saturating_sub(1);
-        self.last_tag = self.last_tag.max(tag);
-        self.largest = self.largest.max(delivery.data.len() + ENTRY_OVERHEAD);
-        if tag >= self.subscription_from {
-            self.subscription_holds += 1;
-        }
-        self.held.insert(tag);
-        Message {
-            tag,
-            properties: delivery.properties,
-            body: delivery.data,
-        }
-    }
-
-    /// Removes the entry `tag` for good.
-    pub(crate) async fn remove(&mut self, tag: u64) -> Result<(), lapin::Error> {
-        self.channel
-            .basic_ack(tag, lapin::options::BasicAckOptions::default())
-            .await?;
-        if self.held.remove(&tag) && tag >= self.subscription_from {
-            self.subscription_holds -= 1;
-        }
-        Ok(())
-    }
-
-    /// Ends the pass: every entry not removed goes back to the queue, and is back (ready for
-    /// the next scan) when this returns.
-    pub(crate) async fn close(mut self) {
-        let bound = Duration::from_secs(5) + RETURN_PATIENCE_PER_ENTRY * self.held.len() as u32;
-        let give_back = async {
-            self.unsubscribe().await?;
-            self.held
-                .extend(self.early.drain(..).map(|delivery| delivery.delivery_tag));
-            let held = u32::try_from(self.held.len()).unwrap_or(u32::MAX);
-            // Every tag up to the last one held: those removed are no longer counted.
-            if let Some(&last) = self.held.last() {
-                let all = BasicNackOptions {
-                    multiple: true,
-                    requeue: true,
-                };
-                self.channel.basic_nack(last, all).await?;
-                // The queue takes returns in asynchronously: wait until they are ready again,
-                // so that a scan that starts next sees them. Only scans take from a dead-letter
-                // queue, so its ready count only grows meanwhile.
-                let patience = RETURN_PATIENCE + RETURN_PATIENCE_PER_ENTRY * held;
-                let returned = async {
-                    while self.ready().await? < held {
-                        tokio::time::sleep(RETURN_CHECK_PAUSE).await;
-                    }
-                    Ok::<_, lapin::Error>(())
-                };
-                if tokio::time::timeout(patience, returned).await.is_err() {
-                    warn!(queue = %self.queue, held, "Dead letters a scan read are slow to return to their queue.");
-                }
-            }
-            // Only a channel still open: closing one the broker closed breaks the connection.
-            if self.channel.status().connected() {
-                self.channel.close(200, "scan done".into()).await?;
-            }
-            Ok::<_, lapin::Error>(())
-        };
-        // A channel that cannot close cleanly goes with its connection; the broker returns its
-        // entries either way.
-        let _ = tokio::time::timeout(bound, give_back).await;
     }
 }
 

@@ -22,6 +22,7 @@ pub mod error;
 pub mod metrics;
 pub mod operations;
 pub mod queues;
+mod scan;
 pub mod service;
 pub mod spans;
 pub mod submission;
@@ -202,7 +203,8 @@ impl Producer {
             .http2_keepalive_timeout(Some(limits.keepalive_timeout))
             .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
             .max_connection_age(limits.max_connection_age)
-            .max_connection_age_grace(limits.request_timeout)
+            // Calls in flight on a recycled connection get as long as any call may take.
+            .max_connection_age_grace(limits.request_timeout.max(limits.admin_request_timeout))
             .layer(AdmissionLayer::new(
                 limits.max_concurrent_calls,
                 (limits.request_timeout, limits.admin_request_timeout),

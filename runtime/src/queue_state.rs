@@ -195,7 +195,7 @@ pub async fn read_depths(
 }
 
 /// Messages ready and consumers of `queue`, by a passive declare.
-async fn depth(channel: &Channel, queue: &str) -> Result<(u32, u32), lapin::Error> {
+pub async fn depth(channel: &Channel, queue: &str) -> Result<(u32, u32), lapin::Error> {
     let passive = QueueDeclareOptions {
         passive: true,
         ..QueueDeclareOptions::default()

@@ -1438,10 +1438,12 @@ async fn escape_hatches_run_a_teams_own_consumer_image() {
     assert_eq!(consumer["image"], "ghcr.io/example/jobpipe:0.1.0");
 }
 
-/// KEDA on: the Prometheus this release is scraped by, and queues `queues` (`{a,b}`).
+/// KEDA on: the Prometheus this release is scraped by (through the chart's ServiceMonitor), and
+/// queues `queues` (`{a,b}`).
 fn keda_args(queues: &str) -> Vec<String> {
     [
         "consumer.autoscaling.keda.enabled=true",
+        "serviceMonitor.enabled=true",
         "consumer.autoscaling.keda.prometheus.serverAddress=http://prometheus.monitoring:9090",
         &format!("jobpipe.queues={queues}"),
     ]
@@ -1617,6 +1619,8 @@ async fn the_hpa_scales_consumers_on_their_desired_replicas_estimate() {
                 "--set",
                 "consumer.autoscaling.hpa.enabled=true",
                 "--set",
+                "serviceMonitor.enabled=true",
+                "--set",
                 "consumer.autoscaling.hpa.minReplicas=3",
                 "--set",
                 "consumer.autoscaling.hpa.maxReplicas=30",
@@ -1697,6 +1701,8 @@ async fn one_autoscaler_per_deployment_fed_by_gauges_that_exist() {
             "consumer.autoscaling.keda.enabled=false",
             "--set",
             "consumer.autoscaling.hpa.enabled=true",
+            "--set",
+            "serviceMonitor.enabled=true",
         ],
         vec!["--set", "producer.autoscaling.enabled=true"],
     ];
@@ -1764,6 +1770,18 @@ async fn one_autoscaler_per_deployment_fed_by_gauges_that_exist() {
             with_keda(&["consumer.autoscaling.keda.prometheus.metadata.query=up"]),
             "invalid propertyName 'query'",
         ),
+        // Without the chart's ServiceMonitor the default selectors match nothing.
+        (
+            with_keda(&["serviceMonitor.enabled=false"]),
+            "set consumer.autoscaling.keda.prometheus.selector",
+        ),
+        (
+            vec![
+                "--set".to_owned(),
+                "consumer.autoscaling.hpa.enabled=true".to_owned(),
+            ],
+            "set consumer.autoscaling.hpa.metric.matchLabels",
+        ),
         // The keys of the AMQP trigger and the CPU HPA are gone, loudly.
         (
             vec!["--set".to_owned(), "consumer.keda.enabled=true".to_owned()],
@@ -1789,7 +1807,16 @@ async fn one_autoscaler_per_deployment_fed_by_gauges_that_exist() {
 
 #[tokio::test]
 async fn objects_of_optional_apis_render_only_where_the_cluster_serves_them() {
-    let keda = keda_args("{default}");
+    // Scraped some other way than by the chart's ServiceMonitor, whose API is another case.
+    let mut keda = keda_args("{default}");
+    keda.extend(
+        [
+            "serviceMonitor.enabled=false",
+            "consumer.autoscaling.keda.prometheus.selector=job=\"jobpipe\"",
+        ]
+        .into_iter()
+        .flat_map(|set| ["--set".to_owned(), set.to_owned()]),
+    );
     let cases: [(Vec<&str>, &str, &str, &str); 4] = [
         (
             strs(&keda),
@@ -1819,7 +1846,12 @@ async fn objects_of_optional_apis_render_only_where_the_cluster_serves_them() {
             "Certificate",
         ),
         (
-            vec!["--set", "consumer.autoscaling.hpa.enabled=true"],
+            vec![
+                "--set",
+                "consumer.autoscaling.hpa.enabled=true",
+                "--set",
+                "consumer.autoscaling.hpa.metric.matchLabels.job=jobpipe",
+            ],
             "external.metrics.k8s.io/v1beta1",
             "consumer.autoscaling.hpa.enabled",
             "HorizontalPodAutoscaler",

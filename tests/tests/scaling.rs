@@ -94,7 +94,7 @@ async fn the_desired_replicas_follow_the_work_and_ignore_the_delay_ladder() {
     .await;
     wait_for_desired(admin, "the busy replica counted", |d| d >= 1.0).await;
 
-    // A backlog behind them (nothing finishes for two seconds), then a larger one.
+    // A backlog behind them (measured once they finish: 4 slots, 2 s each), then a larger one.
     producer
         .submit_all((0..40).map(|_| sleep("2s")).collect())
         .await;

@@ -479,8 +479,15 @@ jobpipe.validate.
 {{- if and $hpa.enabled $keda.enabled }}
 {{- fail "consumer.autoscaling.hpa (an HPA) and consumer.autoscaling.keda (a KEDA ScaledObject, which makes an HPA of its own) must not both scale the consumer Deployment: enable one" }}
 {{- end }}
-{{- if regexMatch "^(0+(ms|s|m|h|d) ?)+$" .Values.jobpipe.queuePollInterval }}
+{{- /* Zero in any unit the schema allows ("0s", "0ms 0s", ...). */}}
+{{- if regexMatch "^(0+[a-z]+ ?)+$" (toString .Values.jobpipe.queuePollInterval) }}
 {{- fail "consumer.autoscaling needs the queue gauges it scales on: set jobpipe.queuePollInterval above 0s" }}
+{{- end }}
+{{- /* The default selectors match the labels the chart's ServiceMonitor gives the series:
+without it (another scrape), say which labels to match, or the queries see nothing and the
+consumers never scale up. */}}
+{{- if and $hpa.enabled (not .Values.serviceMonitor.enabled) (not $hpa.metric.matchLabels) }}
+{{- fail "consumer.autoscaling.hpa.enabled=true without serviceMonitor.enabled: set consumer.autoscaling.hpa.metric.matchLabels to the labels your scrape gives jobpipe_consumer_desired_replicas, or enable serviceMonitor" }}
 {{- end }}
 {{- if and $hpa.enabled (gt (int $hpa.minReplicas) (int $hpa.maxReplicas)) }}
 {{- fail "consumer.autoscaling.hpa.minReplicas must not exceed consumer.autoscaling.hpa.maxReplicas" }}
@@ -488,6 +495,9 @@ jobpipe.validate.
 {{- if $keda.enabled }}
 {{- if not $keda.prometheus.serverAddress }}
 {{- fail "consumer.autoscaling.keda.enabled=true needs consumer.autoscaling.keda.prometheus.serverAddress: the Prometheus that scrapes jobpipe's metrics (e.g. http://prometheus-operated.monitoring:9090)" }}
+{{- end }}
+{{- if and (not .Values.serviceMonitor.enabled) (not $keda.prometheus.selector) }}
+{{- fail "consumer.autoscaling.keda.enabled=true without serviceMonitor.enabled: set consumer.autoscaling.keda.prometheus.selector to the labels your scrape gives jobpipe's series, or enable serviceMonitor" }}
 {{- end }}
 {{- if gt (int $keda.minReplicaCount) (int $keda.maxReplicaCount) }}
 {{- fail "consumer.autoscaling.keda.minReplicaCount must not exceed consumer.autoscaling.keda.maxReplicaCount" }}
