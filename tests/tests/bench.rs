@@ -29,7 +29,16 @@ async fn a_small_benchmark_run_accounts_for_every_job() {
         .unwrap_or_else(|| panic!("no JSON line in:\n{text}"));
     let report: serde_json::Value = serde_json::from_str(json).expect("valid JSON");
     let phases = report["phases"].as_array().expect("phases");
-    assert_eq!(phases.len(), 5, "{json}");
+    // The limit, the plain client at jobpipe's settings, batched, one per RPC, both paced.
+    assert_eq!(phases.len(), 6, "{json}");
+    // The sweep tried every pairing and the limit is the best the plain client moved.
+    let sweep = report["sweep"].as_array().expect("sweep");
+    assert_eq!(sweep.len(), 9, "{json}");
+    let best = sweep[0]["jobs_per_sec"].as_f64().expect("a rate");
+    assert!(
+        report["limit"]["jobs_per_sec"].as_f64() >= Some(best),
+        "{json}"
+    );
     for phase in phases {
         assert_eq!(phase["lost"], 0, "{phase}");
         assert_eq!(phase["duplicates"], 0, "{phase}");

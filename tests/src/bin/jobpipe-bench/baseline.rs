@@ -1,6 +1,7 @@
-//! The broker's own limit: a plain lapin publisher (persistent, confirms pipelined) and plain
-//! lapin consumers (same prefetch as jobpipe, one ack per message) on one queue. No pipeline on
-//! this broker can beat it; jobpipe is measured against it.
+//! The broker's own limit: a plain lapin publisher (persistent, a window of confirms pipelined)
+//! and plain lapin consumers (one ack per message) on one queue, at the confirm window and
+//! prefetch that move the most on this machine ([`sweep`]). No pipeline on this broker can beat
+//! it; jobpipe is measured against it.
 
 use crate::{
     Options, Pace, progress,
@@ -22,12 +23,53 @@ use std::{
 };
 use tokio::sync::Semaphore;
 
-/// Runs the baseline: `jobs` messages, published as fast as confirms allow or at `pace`.
+/// How the plain client runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub(crate) struct Settings {
+    /// Publishes awaiting their confirm at once.
+    pub(crate) window: usize,
+    /// Deliveries each consumer may hold.
+    pub(crate) prefetch: u16,
+}
+
+impl Settings {
+    /// What jobpipe runs with by default: its batches in flight, its prefetch.
+    pub(crate) fn jobpipe(opts: &Options) -> Self {
+        Self {
+            window: opts.batch_size * opts.batches_in_flight,
+            prefetch: opts.prefetch,
+        }
+    }
+}
+
+/// The confirm windows and prefetches the sweep tries.
+const WINDOWS: [usize; 3] = [256, 1000, 4000];
+const PREFETCHES: [u16; 3] = [32, 200, 1000];
+
+/// Tries every pairing of [`WINDOWS`] and [`PREFETCHES`] with `jobs` messages each; every
+/// result, the best first.
+pub(crate) async fn sweep(opts: &Options, jobs: usize) -> anyhow::Result<Vec<(Settings, f64)>> {
+    let mut results = Vec::new();
+    for window in WINDOWS {
+        for prefetch in PREFETCHES {
+            let settings = Settings { window, prefetch };
+            let name = format!("sweep: window {window}, prefetch {prefetch}");
+            let phase = run(&name, opts, jobs, Pace::FlatOut, settings).await?;
+            results.push((settings, phase.jobs_per_sec));
+        }
+    }
+    results.sort_by(|a, b| b.1.total_cmp(&a.1));
+    Ok(results)
+}
+
+/// Runs the plain client with `settings`: `jobs` messages, published as fast as confirms allow
+/// or at `pace`.
 pub(crate) async fn run(
     name: &str,
     opts: &Options,
     jobs: usize,
     pace: Pace,
+    settings: Settings,
 ) -> anyhow::Result<Phase> {
     let queue = format!("bench-baseline-{:08x}", rand::random::<u32>());
     let setup = Connection::connect(&amqp_url(), ConnectionProperties::default()).await?;
@@ -45,7 +87,7 @@ pub(crate) async fn run(
         .queue_declare(queue.as_str().into(), durable, arguments)
         .await?;
     // The queue goes, whatever happened to the measurement.
-    let measured = measure(name, opts, jobs, pace, &queue).await;
+    let measured = measure(name, opts, jobs, pace, settings, &queue).await;
     let _ = channel
         .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
         .await;
@@ -58,6 +100,7 @@ async fn measure(
     opts: &Options,
     jobs: usize,
     pace: Pace,
+    settings: Settings,
     queue: &str,
 ) -> anyhow::Result<Phase> {
     let bar = progress(name, jobs);
@@ -69,7 +112,7 @@ async fn measure(
         let connection = Connection::connect(&amqp_url(), ConnectionProperties::default()).await?;
         let channel = connection.create_channel().await?;
         channel
-            .basic_qos(opts.prefetch, BasicQosOptions { global: false })
+            .basic_qos(settings.prefetch, BasicQosOptions { global: false })
             .await?;
         let mut consumer = channel
             .basic_consume(
@@ -118,7 +161,7 @@ async fn measure(
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
-    let window = Arc::new(Semaphore::new(opts.batch_size * opts.batches_in_flight));
+    let window = Arc::new(Semaphore::new(settings.window));
     let mut sent = vec![Instant::now(); jobs];
     let started = Instant::now();
     let mut pacer = pace.pacer();

@@ -180,3 +180,18 @@ pub(crate) fn dead_letters(d: &crate::dead_letters::Figures, producer_rss_mib: f
         d.lost,
     );
 }
+
+/// Prints the plain client's sweep, the best first.
+pub(crate) fn sweep(results: &[(crate::baseline::Settings, f64)]) {
+    if results.is_empty() {
+        return;
+    }
+    println!("\nthe plain client's sweep (a quarter of the jobs each), the best first");
+    println!("{:>8} {:>9} {:>9}", "window", "prefetch", "jobs/s");
+    for (settings, rate) in results {
+        println!(
+            "{:>8} {:>9} {:>9.0}",
+            settings.window, settings.prefetch, rate
+        );
+    }
+}
