@@ -79,8 +79,8 @@ pub struct GrpcConfig {
     #[serde(with = "humantime_serde")]
     pub keepalive_timeout: Duration,
     /// How long a connection lives, idle or busy; then the server asks the client to reconnect
-    /// (HTTP/2 GOAWAY) and gives calls in flight the longer of `request_timeout` and
-    /// `admin_request_timeout` to finish.
+    /// (HTTP/2 GOAWAY) and gives calls in flight `request_timeout` to finish (operations calls
+    /// too: a replay cut there is run again, and continues where it stopped).
     #[serde(with = "humantime_serde")]
     pub max_connection_age: Duration,
     /// TLS on the gRPC port: the certificate to serve and, for mutual TLS, the CA of client

@@ -203,8 +203,9 @@ impl Producer {
             .http2_keepalive_timeout(Some(limits.keepalive_timeout))
             .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
             .max_connection_age(limits.max_connection_age)
-            // Calls in flight on a recycled connection get as long as any call may take.
-            .max_connection_age_grace(limits.request_timeout.max(limits.admin_request_timeout))
+            // Short, so that a silent client cannot keep a recycled connection: an operations
+            // call cut by it is retried (a replay continues where it stopped).
+            .max_connection_age_grace(limits.request_timeout)
             .layer(AdmissionLayer::new(
                 limits.max_concurrent_calls,
                 (limits.request_timeout, limits.admin_request_timeout),

@@ -36,7 +36,7 @@ const CONNECTIONS: usize = 4;
 /// The most paced calls in flight at once.
 const PACED_IN_FLIGHT: usize = 2048;
 
-/// Submits `jobs` noop jobs to the producer at `grpc`.
+/// Submits `jobs` jobs (`noop`, or `sleep` with `--sleep`) to the producer at `grpc`.
 pub(crate) async fn submit(
     grpc: SocketAddr,
     opts: &Options,
@@ -52,8 +52,8 @@ pub(crate) async fn submit(
         clients.push(JobServiceClient::new(channel));
     }
     let template = Arc::new(JobSpec {
-        r#type: "noop".into(),
-        payload: vec![b'x'; opts.payload_bytes].into(),
+        r#type: opts.job_type().into(),
+        payload: opts.payload().into(),
         ..JobSpec::default()
     });
     let spec = move |index: usize| JobSpec {

@@ -74,6 +74,10 @@ pub(crate) struct Options {
     baseline_window: usize,
     #[arg(long, default_value_t = 200)]
     baseline_prefetch: u16,
+    /// Jobs of the built-in `sleep` handler taking this long (e.g. `1ms`; the payload is then
+    /// the duration's text) instead of `noop` jobs, for throughput where handlers take time.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    sleep: Option<Duration>,
     /// Entries in the dead-letter queue of the `dlq` phase.
     #[arg(long, default_value_t = 100_000)]
     dead_letters: usize,
@@ -85,6 +89,25 @@ pub(crate) struct Options {
         default_value = "sweep,baseline,batched,single,latency,http,grpc,dlq"
     )]
     phases: Vec<String>,
+}
+
+impl Options {
+    /// The jobs' type: the handler the consumers run.
+    pub(crate) fn job_type(&self) -> &'static str {
+        if self.sleep.is_some() {
+            "sleep"
+        } else {
+            "noop"
+        }
+    }
+
+    /// The jobs' payload.
+    pub(crate) fn payload(&self) -> Vec<u8> {
+        match self.sleep {
+            Some(sleep) => humantime::format_duration(sleep).to_string().into_bytes(),
+            None => vec![b'x'; self.payload_bytes],
+        }
+    }
 }
 
 /// The queue type, printable.

@@ -41,6 +41,8 @@ pub(crate) struct Pipeline {
     /// Job events from every consumer.
     pub(crate) events: mpsc::UnboundedReceiver<JobEvent>,
     topology: TestTopology,
+    /// The jobs' type.
+    job_type: &'static str,
     /// The consumers' configuration file, when they route to a remote worker.
     _config: Option<tempfile::NamedTempFile>,
 }
@@ -126,6 +128,7 @@ impl Pipeline {
             consumers,
             events,
             topology,
+            job_type: opts.job_type(),
             _config: config,
         })
     }
@@ -142,11 +145,14 @@ impl Pipeline {
 
     /// Jobs the consumers acknowledged as succeeded, by their metrics.
     pub(crate) async fn acked(&self) -> f64 {
-        let series = r#"jobpipe_consumer_jobs_total{queue="default",type="noop",outcome="succeeded",reason=""}"#;
+        let series = format!(
+            r#"jobpipe_consumer_jobs_total{{queue="default",type="{}",outcome="succeeded",reason=""}}"#,
+            self.job_type
+        );
         let mut total = 0.0;
         for admin in &self.consumer_admins {
-            total +=
-                jobpipe_tests::sample(&http_get(*admin, "/metrics").await.1, series).unwrap_or(0.0);
+            total += jobpipe_tests::sample(&http_get(*admin, "/metrics").await.1, &series)
+                .unwrap_or(0.0);
         }
         total
     }
