@@ -278,3 +278,41 @@ impl Probe {
         .await
     }
 }
+
+/// A dead letter of queue `default` as a consumer writes it: job `id` of `job_type` (tenant
+/// `acme`), failed as `kind` on its second and last attempt at `at_ms` (ms since the epoch), by
+/// consumer `c`, with the error "`kind` on purpose".
+pub fn dead_letter(
+    id: &str,
+    job_type: &str,
+    kind: jobpipe_proto::failure::FailureKind,
+    at_ms: u64,
+) -> BasicProperties {
+    use jobpipe_proto::{
+        failure::{self, AttemptRecord},
+        job::JobProperties,
+        names::{JobId, JobType},
+    };
+    let at = std::time::UNIX_EPOCH + Duration::from_millis(at_ms);
+    let job = JobProperties {
+        id: JobId::try_new(id).expect("id"),
+        job_type: JobType::try_new(job_type).expect("type"),
+        content_type: "text/plain".into(),
+        attempt: 2,
+        max_attempts: 2,
+        timeout: Duration::from_secs(30),
+        submitted_at: at,
+        due_at: at,
+        metadata: std::collections::BTreeMap::from([("tenant".into(), "acme".into())]),
+        trace: None,
+        submitted_by: None,
+    };
+    let last = AttemptRecord {
+        attempt: 2,
+        at,
+        kind,
+        error: format!("{} on purpose", kind.as_str()),
+        consumer: "c".into(),
+    };
+    failure::for_dead_letter(&job.encode(), &last, kind, "default")
+}

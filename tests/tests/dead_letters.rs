@@ -4,10 +4,9 @@
 //! depths; and an outside client (Python grpcio) listing and replaying.
 
 use jobpipe_proto::{
-    failure::{self, AttemptRecord, FailureKind},
+    failure::{self, FailureKind},
     headers,
     job::{JobProperties, integer_header, long_string, text_header},
-    names::{JobId, JobType},
     v1::{
         DeadLetterFilter, GetDeadLetterRequest, GetQueuesRequest, JobSpec, ListDeadLettersRequest,
         PurgeDeadLettersRequest, ReplayDeadLettersRequest, ReplayProgress,
@@ -15,7 +14,7 @@ use jobpipe_proto::{
     },
 };
 use jobpipe_tests::{
-    broker::{Probe, TestTopology},
+    broker::{Probe, TestTopology, dead_letter},
     consumer::{self, RunningConsumer, next_seen, recording_handlers},
     process::{Service, free_port, service_env, wait_ready},
     producer::{self, RunningProducer},
@@ -24,7 +23,7 @@ use jobpipe_tests::{
 };
 use lapin::{BasicProperties, types::FieldTable};
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{HashMap, HashSet},
     time::Duration,
 };
 use tokio::sync::mpsc;
@@ -40,32 +39,6 @@ const KINDS: [FailureKind; 5] = [
     FailureKind::NoHandler,
     FailureKind::Decode,
 ];
-
-/// A dead letter as a consumer writes it: job `id` of `job_type`, failed as `kind` at `at_ms`.
-fn dead_letter(id: &str, job_type: &str, kind: FailureKind, at_ms: u64) -> BasicProperties {
-    let at = std::time::UNIX_EPOCH + Duration::from_millis(at_ms);
-    let job = JobProperties {
-        id: JobId::try_new(id).expect("id"),
-        job_type: JobType::try_new(job_type).expect("type"),
-        content_type: "text/plain".into(),
-        attempt: 2,
-        max_attempts: 2,
-        timeout: Duration::from_secs(30),
-        submitted_at: at,
-        due_at: at,
-        metadata: BTreeMap::from([("tenant".into(), "acme".into())]),
-        trace: None,
-        submitted_by: None,
-    };
-    let last = AttemptRecord {
-        attempt: 2,
-        at,
-        kind,
-        error: format!("{} on purpose", kind.as_str()),
-        consumer: "c".into(),
-    };
-    failure::for_dead_letter(&job.encode(), &last, kind, "default")
-}
 
 /// Puts `entries` (id, type, kind, failed-at ms) into `queue`'s dead-letter queue, in order.
 async fn seed(probe: &Probe, topology: &TestTopology, entries: &[Seeded]) {

@@ -11,23 +11,18 @@
 
 use crate::{Options, pipeline::Pipeline, progress};
 use jobpipe_proto::{
-    failure::{self, AttemptRecord, FailureKind},
-    job::JobProperties,
-    names::{JobId, JobType},
+    failure::FailureKind,
     v1::{
         DeadLetterFilter, ListDeadLettersRequest, PurgeDeadLettersRequest,
         ReplayDeadLettersRequest, admin_service_client::AdminServiceClient,
     },
 };
 use jobpipe_tests::{
-    broker::{Probe, TestTopology},
+    broker::{Probe, TestTopology, dead_letter},
     procstat,
 };
 use serde::Serialize;
-use std::{
-    collections::BTreeMap,
-    time::{Duration, Instant, SystemTime},
-};
+use std::time::{Duration, Instant, SystemTime};
 use tonic::transport::Channel;
 
 /// The entries a listing page asks for.
@@ -205,11 +200,13 @@ async fn seed(
     let dead_queue = topology.dead_queue("default");
     let before = probe.message_count(&dead_queue).await;
     let exchange = topology.names().dead_exchange();
-    let at = SystemTime::now();
+    let at_ms = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)?
+        .as_millis() as u64;
     let payload = vec![b'x'; 1024];
     for index in 0..entries {
         probe
-            .publish(&exchange, "default", &payload, dead_letter(index, at))
+            .publish(&exchange, "default", &payload, entry(index, at_ms))
             .await;
         bar.inc(1);
     }
@@ -224,28 +221,12 @@ async fn seed(
     Ok(())
 }
 
-/// Entry `index` as a consumer dead-letters it: a job that exhausted its attempts.
-fn dead_letter(index: usize, at: SystemTime) -> lapin::BasicProperties {
-    let at = at + Duration::from_millis(index as u64);
-    let job = JobProperties {
-        id: JobId::try_new(format!("dl-{index:06}")).expect("a valid id"),
-        job_type: JobType::try_new(TYPES[index % TYPES.len()]).expect("a valid type"),
-        content_type: "application/octet-stream".into(),
-        attempt: 3,
-        max_attempts: 3,
-        timeout: Duration::from_secs(30),
-        submitted_at: at,
-        due_at: at,
-        metadata: BTreeMap::from([("tenant".into(), "acme".into())]),
-        trace: None,
-        submitted_by: None,
-    };
-    let last = AttemptRecord {
-        attempt: 3,
-        at,
-        kind: FailureKind::Exhausted,
-        error: "the upstream answered 503".into(),
-        consumer: "bench".into(),
-    };
-    failure::for_dead_letter(&job.encode(), &last, FailureKind::Exhausted, "default")
+/// Entry `index`: a job that failed `index` ms after `at_ms`.
+fn entry(index: usize, at_ms: u64) -> lapin::BasicProperties {
+    dead_letter(
+        &format!("dl-{index:06}"),
+        TYPES[index % TYPES.len()],
+        FailureKind::Exhausted,
+        at_ms + index as u64,
+    )
 }
