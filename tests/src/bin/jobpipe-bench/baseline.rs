@@ -214,6 +214,7 @@ async fn measure(
         cpu_us_per_job: None,
         lost,
         duplicates,
+        refused: 0,
         worker_cpu_us_per_job: None,
         worker_requests: None,
         vs_noop: None,

@@ -31,6 +31,14 @@ pub(crate) enum Mode {
 /// Confirmed jobs by id, with the time each was submitted.
 pub(crate) type Submitted = HashMap<String, SystemTime>;
 
+/// What the producer answered: the jobs it confirmed, and how many it refused (a paced load does
+/// not slow down for refusals, so they are counted, not retried).
+#[derive(Debug, Default)]
+pub(crate) struct Answered {
+    pub(crate) confirmed: Submitted,
+    pub(crate) refused: usize,
+}
+
 /// HTTP/2 connections to spread calls over (one connection serialises on one socket).
 const CONNECTIONS: usize = 4;
 /// The most paced calls in flight at once.
@@ -43,7 +51,7 @@ pub(crate) async fn submit(
     jobs: usize,
     mode: Mode,
     bar: &indicatif::ProgressBar,
-) -> anyhow::Result<Submitted> {
+) -> anyhow::Result<Answered> {
     let mut clients = Vec::new();
     for _ in 0..CONNECTIONS {
         let channel = Channel::from_shared(format!("http://{grpc}"))?
@@ -62,6 +70,7 @@ pub(crate) async fn submit(
     };
     let next = Arc::new(AtomicUsize::new(0));
     let submitted = Arc::new(Mutex::new(Submitted::with_capacity(jobs)));
+    let refused = Arc::new(AtomicUsize::new(0));
     let mut tasks = JoinSet::new();
     let workers = match mode {
         Mode::Batched => opts.batches_in_flight,
@@ -70,8 +79,13 @@ pub(crate) async fn submit(
     };
     for worker in 0..workers {
         let mut client = clients[worker % CONNECTIONS].clone();
-        let (next, submitted, spec, bar) =
-            (next.clone(), submitted.clone(), spec.clone(), bar.clone());
+        let (next, submitted, refused, spec, bar) = (
+            next.clone(),
+            submitted.clone(),
+            refused.clone(),
+            spec.clone(),
+            bar.clone(),
+        );
         let batch = opts.batch_size;
         let clients = clients.clone();
         tasks.spawn(async move {
@@ -90,8 +104,12 @@ pub(crate) async fn submit(
                         .into_inner()
                         .results;
                     let mut submitted = submitted.lock().expect("lock");
-                    for result in results.into_iter().filter(|r| r.code == 0) {
-                        submitted.insert(result.job_id, at);
+                    for result in results {
+                        if result.code == 0 {
+                            submitted.insert(result.job_id, at);
+                        } else {
+                            refused.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                     bar.set_message(format!("{} submitted", submitted.len()));
                 },
@@ -104,11 +122,16 @@ pub(crate) async fn submit(
                     let request = SubmitJobRequest {
                         job: Some(spec(index)),
                     };
-                    if let Ok(response) = client.submit_job(request).await {
-                        submitted
-                            .lock()
-                            .expect("lock")
-                            .insert(response.into_inner().job_id, at);
+                    match client.submit_job(request).await {
+                        Ok(response) => {
+                            submitted
+                                .lock()
+                                .expect("lock")
+                                .insert(response.into_inner().job_id, at);
+                        }
+                        Err(_) => {
+                            refused.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                 },
                 Mode::Paced(pace) => {
@@ -119,19 +142,25 @@ pub(crate) async fn submit(
                         pacer.wait_turn(index).await;
                         let permit = in_flight.clone().acquire_owned().await?;
                         let mut client = clients[index % CONNECTIONS].clone();
-                        let (submitted, request) = (
+                        let (submitted, refused, request) = (
                             submitted.clone(),
+                            refused.clone(),
                             SubmitJobRequest {
                                 job: Some(spec(index)),
                             },
                         );
                         calls.spawn(async move {
                             let at = SystemTime::now();
-                            if let Ok(response) = client.submit_job(request).await {
-                                submitted
-                                    .lock()
-                                    .expect("lock")
-                                    .insert(response.into_inner().job_id, at);
+                            match client.submit_job(request).await {
+                                Ok(response) => {
+                                    submitted
+                                        .lock()
+                                        .expect("lock")
+                                        .insert(response.into_inner().job_id, at);
+                                }
+                                Err(_) => {
+                                    refused.fetch_add(1, Ordering::Relaxed);
+                                }
                             }
                             drop(permit);
                         });
@@ -145,6 +174,8 @@ pub(crate) async fn submit(
     while let Some(done) = tasks.join_next().await {
         done??;
     }
-    let submitted = std::mem::take(&mut *submitted.lock().expect("lock"));
-    Ok(submitted)
+    Ok(Answered {
+        confirmed: std::mem::take(&mut *submitted.lock().expect("lock")),
+        refused: refused.load(Ordering::Relaxed),
+    })
 }

@@ -448,7 +448,8 @@ async fn run(
     let bar = progress(name, jobs);
     let started = Instant::now();
     let first_submit = SystemTime::now();
-    let submitted = load::submit(pipeline.grpc, opts, jobs, mode, &bar).await?;
+    let answered = load::submit(pipeline.grpc, opts, jobs, mode, &bar).await?;
+    let submitted = answered.confirmed;
     let limit = Duration::from_secs(120).max(Duration::from_secs_f64(jobs as f64 / 500.0));
     let starts = pipeline::collect(&mut pipeline.events, submitted.len(), limit, &bar).await;
     bar.finish();
@@ -504,6 +505,7 @@ async fn run(
         cpu_us_per_job: Some(cpu.as_secs_f64() * 1e6 / submitted.len().max(1) as f64),
         lost,
         duplicates,
+        refused: answered.refused,
         worker_cpu_us_per_job: worker_before.zip(worker_after).map(|(before, after)| {
             (after.0 - before.0).as_secs_f64() * 1e6 / submitted.len().max(1) as f64
         }),

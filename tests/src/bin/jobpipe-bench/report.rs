@@ -54,6 +54,9 @@ pub(crate) struct Phase {
     pub(crate) lost: usize,
     /// Jobs processed more than once.
     pub(crate) duplicates: usize,
+    /// Submits the producer refused (not in `jobs`; e.g. more calls than
+    /// `grpc.max_concurrent_calls` at the fixed rate).
+    pub(crate) refused: usize,
     /// Remote-worker phases: the worker's own CPU time per job, microseconds. The worker runs in
     /// the bench process (threads of its own), so this is not part of `cpu_us_per_job`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -69,7 +72,7 @@ pub(crate) struct Phase {
 /// Prints the results as a table.
 pub(crate) fn table(phases: &[Phase], baseline_rate: f64) {
     println!(
-        "\n{:<28} {:>7} {:>9} {:>6} {:>8} {:>8} {:>8} {:>9} {:>13} {:>8} {:>5} {:>4}",
+        "\n{:<28} {:>7} {:>9} {:>6} {:>8} {:>8} {:>8} {:>9} {:>13} {:>8} {:>5} {:>4} {:>7}",
         "phase",
         "jobs",
         "jobs/s",
@@ -81,7 +84,8 @@ pub(crate) fn table(phases: &[Phase], baseline_rate: f64) {
         "cons MiB",
         "CPU µs/j",
         "lost",
-        "dup"
+        "dup",
+        "refused"
     );
     for p in phases {
         let latency = |f: fn(&Latency) -> f64| {
@@ -99,7 +103,7 @@ pub(crate) fn table(phases: &[Phase], baseline_rate: f64) {
                 .join("/")
         };
         println!(
-            "{:<28} {:>7} {:>9.0} {:>6.2} {:>8} {:>8} {:>8} {:>9} {:>13} {:>8} {:>5} {:>4}",
+            "{:<28} {:>7} {:>9.0} {:>6.2} {:>8} {:>8} {:>8} {:>9} {:>13} {:>8} {:>5} {:>4} {:>7}",
             p.name,
             p.jobs,
             p.jobs_per_sec,
@@ -112,6 +116,7 @@ pub(crate) fn table(phases: &[Phase], baseline_rate: f64) {
             p.cpu_us_per_job.map_or("-".into(), |c| format!("{c:.0}")),
             p.lost,
             p.duplicates,
+            p.refused,
         );
     }
 }
