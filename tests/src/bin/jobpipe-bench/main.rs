@@ -64,10 +64,10 @@ pub(crate) struct Options {
     #[arg(long, default_value_t = 2)]
     consumers: usize,
     /// Prefetch per consumer (jobpipe's default).
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 32)]
     prefetch: u16,
     /// Handlers running at once per consumer (jobpipe's default).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 16)]
     concurrency: usize,
     /// The plain client's confirm window and prefetch when the sweep does not run.
     #[arg(long, default_value_t = 1000)]
