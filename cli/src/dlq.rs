@@ -323,9 +323,8 @@ async fn replay(
     let bar = progress_bar(args.output);
     let mut last = ReplayProgress::default();
     loop {
-        // The producer reports every quarter second while it reads the queue (the last
-        // confirms and giving entries back take a few seconds more); silence for --timeout is
-        // a producer that stopped answering.
+        // The producer reports every quarter second until the replay is done (giving the rest
+        // back included); silence for --timeout is a producer that stopped answering.
         let next = target.within("ReplayDeadLetters", stream.message()).await?;
         match next {
             Some(progress) => {

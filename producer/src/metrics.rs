@@ -141,7 +141,7 @@ impl ProducerMetrics {
         self.rpcs
             .get_or_create(&RpcLabels {
                 method,
-                code: code_label(code),
+                code: jobpipe_proto::status::code_name(code),
                 caller: caller.to_owned(),
             })
             .inc();
@@ -163,28 +163,5 @@ impl ProducerMetrics {
     /// Records how long a confirm took.
     pub fn confirm_latency(&self, elapsed: Duration) {
         self.confirm_seconds.observe(elapsed.as_secs_f64());
-    }
-}
-
-/// The canonical upper-case name of a gRPC code (`INVALID_ARGUMENT`).
-fn code_label(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
     }
 }

@@ -2,8 +2,8 @@
 //! names of broker objects ([`topology`]) and headers ([`headers`]), the delay ladder's
 //! arithmetic ([`delay`]), validated names ([`names`]), metadata rules ([`metadata`]), the rules
 //! of every other job property, which both services apply ([`rules`]), how a job is written onto
-//! an AMQP message ([`job`]), and
-//! the failure record a failed job carries ([`failure`]). Pure: no I/O happens here.
+//! an AMQP message ([`job`]), the
+//! failure record a failed job carries ([`failure`]), and gRPC codes' names ([`status`]). Pure: no I/O happens here.
 
 pub mod delay;
 pub mod failure;
@@ -12,6 +12,7 @@ pub mod job;
 pub mod metadata;
 pub mod names;
 pub mod rules;
+pub mod status;
 pub mod topology;
 
 /// The generated `jobpipe.v1` gRPC types, client and server.

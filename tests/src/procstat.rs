@@ -26,16 +26,7 @@ pub fn usage(pid: u32) -> Usage {
     let (peak_rss_mib, rss_mib) = (mib("VmHWM:"), mib("VmRSS:"));
     let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|stat| {
-            // Fields after the command name (which may hold spaces) closed by ')'.
-            let rest = stat.rsplit_once(')')?.1;
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            let utime: u64 = fields.get(11)?.parse().ok()?;
-            let stime: u64 = fields.get(12)?.parse().ok()?;
-            Some(Duration::from_secs_f64(
-                (utime + stime) as f64 / clock_ticks(),
-            ))
-        })
+        .and_then(|stat| Some(stat_cpu(&stat)?.1))
         .unwrap_or_default();
     Usage {
         peak_rss_mib,
@@ -44,13 +35,31 @@ pub fn usage(pid: u32) -> Usage {
     }
 }
 
-/// Clock ticks per second (`getconf CLK_TCK`), 100 on Linux unless told otherwise.
+/// The command name and the user plus system CPU time in a `/proc/.../stat` line.
+pub fn stat_cpu(stat: &str) -> Option<(&str, Duration)> {
+    // `pid (comm) state ...`: the name, which may hold spaces, sits between the first '(' and
+    // the last ')'.
+    let (head, rest) = stat.rsplit_once(')')?;
+    let comm = head.split_once('(')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((
+        comm,
+        Duration::from_secs_f64((utime + stime) as f64 / clock_ticks()),
+    ))
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`, asked once), 100 on Linux unless told otherwise.
 fn clock_ticks() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|out| String::from_utf8(out.stdout).ok())
-        .and_then(|text| text.trim().parse().ok())
-        .unwrap_or(100.0)
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|out| String::from_utf8(out.stdout).ok())
+            .and_then(|text| text.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
 }

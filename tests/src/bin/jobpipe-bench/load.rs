@@ -39,6 +39,18 @@ pub(crate) struct Answered {
     pub(crate) refused: usize,
 }
 
+impl Answered {
+    /// One answer: the id of a job confirmed, submitted `at`, or `None` for a refusal.
+    fn record(&mut self, confirmed: Option<String>, at: SystemTime) {
+        match confirmed {
+            Some(job_id) => {
+                self.confirmed.insert(job_id, at);
+            }
+            None => self.refused += 1,
+        }
+    }
+}
+
 /// HTTP/2 connections to spread calls over (one connection serialises on one socket).
 const CONNECTIONS: usize = 4;
 /// The most paced calls in flight at once.
@@ -69,8 +81,10 @@ pub(crate) async fn submit(
         ..(*template).clone()
     };
     let next = Arc::new(AtomicUsize::new(0));
-    let submitted = Arc::new(Mutex::new(Submitted::with_capacity(jobs)));
-    let refused = Arc::new(AtomicUsize::new(0));
+    let answered = Arc::new(Mutex::new(Answered {
+        confirmed: Submitted::with_capacity(jobs),
+        refused: 0,
+    }));
     let mut tasks = JoinSet::new();
     let workers = match mode {
         Mode::Batched => opts.batches_in_flight,
@@ -79,13 +93,8 @@ pub(crate) async fn submit(
     };
     for worker in 0..workers {
         let mut client = clients[worker % CONNECTIONS].clone();
-        let (next, submitted, refused, spec, bar) = (
-            next.clone(),
-            submitted.clone(),
-            refused.clone(),
-            spec.clone(),
-            bar.clone(),
-        );
+        let (next, answered, spec, bar) =
+            (next.clone(), answered.clone(), spec.clone(), bar.clone());
         let batch = opts.batch_size;
         let clients = clients.clone();
         tasks.spawn(async move {
@@ -103,15 +112,11 @@ pub(crate) async fn submit(
                         .await?
                         .into_inner()
                         .results;
-                    let mut submitted = submitted.lock().expect("lock");
+                    let mut answered = answered.lock().expect("lock");
                     for result in results {
-                        if result.code == 0 {
-                            submitted.insert(result.job_id, at);
-                        } else {
-                            refused.fetch_add(1, Ordering::Relaxed);
-                        }
+                        answered.record((result.code == 0).then_some(result.job_id), at);
                     }
-                    bar.set_message(format!("{} submitted", submitted.len()));
+                    bar.set_message(format!("{} submitted", answered.confirmed.len()));
                 },
                 Mode::Single => loop {
                     let index = next.fetch_add(1, Ordering::Relaxed);
@@ -122,17 +127,11 @@ pub(crate) async fn submit(
                     let request = SubmitJobRequest {
                         job: Some(spec(index)),
                     };
-                    match client.submit_job(request).await {
-                        Ok(response) => {
-                            submitted
-                                .lock()
-                                .expect("lock")
-                                .insert(response.into_inner().job_id, at);
-                        }
-                        Err(_) => {
-                            refused.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
+                    let confirmed = client.submit_job(request).await.ok();
+                    answered
+                        .lock()
+                        .expect("lock")
+                        .record(confirmed.map(|r| r.into_inner().job_id), at);
                 },
                 Mode::Paced(pace) => {
                     let mut pacer = pace.pacer();
@@ -142,26 +141,19 @@ pub(crate) async fn submit(
                         pacer.wait_turn(index).await;
                         let permit = in_flight.clone().acquire_owned().await?;
                         let mut client = clients[index % CONNECTIONS].clone();
-                        let (submitted, refused, request) = (
-                            submitted.clone(),
-                            refused.clone(),
+                        let (answered, request) = (
+                            answered.clone(),
                             SubmitJobRequest {
                                 job: Some(spec(index)),
                             },
                         );
                         calls.spawn(async move {
                             let at = SystemTime::now();
-                            match client.submit_job(request).await {
-                                Ok(response) => {
-                                    submitted
-                                        .lock()
-                                        .expect("lock")
-                                        .insert(response.into_inner().job_id, at);
-                                }
-                                Err(_) => {
-                                    refused.fetch_add(1, Ordering::Relaxed);
-                                }
-                            }
+                            let confirmed = client.submit_job(request).await.ok();
+                            answered
+                                .lock()
+                                .expect("lock")
+                                .record(confirmed.map(|r| r.into_inner().job_id), at);
                             drop(permit);
                         });
                     }
@@ -174,8 +166,5 @@ pub(crate) async fn submit(
     while let Some(done) = tasks.join_next().await {
         done??;
     }
-    Ok(Answered {
-        confirmed: std::mem::take(&mut *submitted.lock().expect("lock")),
-        refused: refused.load(Ordering::Relaxed),
-    })
+    Ok(std::mem::take(&mut *answered.lock().expect("lock")))
 }

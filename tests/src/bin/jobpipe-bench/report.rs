@@ -93,15 +93,7 @@ pub(crate) fn table(phases: &[Phase], baseline_rate: f64) {
                 .as_ref()
                 .map_or("-".into(), |l| format!("{:.1}", f(l)))
         };
-        let consumers = if p.consumer_rss_mib.is_empty() {
-            "-".to_owned()
-        } else {
-            p.consumer_rss_mib
-                .iter()
-                .map(|m| format!("{m:.1}"))
-                .collect::<Vec<_>>()
-                .join("/")
-        };
+        let consumers = consumer_rss(p);
         println!(
             "{:<28} {:>7} {:>9.0} {:>6.2} {:>8} {:>8} {:>8} {:>9} {:>13} {:>8} {:>5} {:>4} {:>7}",
             p.name,
@@ -121,6 +113,19 @@ pub(crate) fn table(phases: &[Phase], baseline_rate: f64) {
     }
 }
 
+/// Each consumer's peak RSS, `12.3/12.1`; `-` for a phase without consumers.
+fn consumer_rss(p: &Phase) -> String {
+    if p.consumer_rss_mib.is_empty() {
+        return "-".to_owned();
+    }
+    let each: Vec<String> = p
+        .consumer_rss_mib
+        .iter()
+        .map(|m| format!("{m:.1}"))
+        .collect();
+    each.join("/")
+}
+
 /// Prints the remote-worker phases beside the in-process `noop` batched phase of the same run.
 pub(crate) fn workers_table(noop: Option<&Phase>, workers: &[Phase]) {
     if workers.is_empty() {
@@ -133,17 +138,6 @@ pub(crate) fn workers_table(noop: Option<&Phase>, workers: &[Phase]) {
         "{:<28} {:>9} {:>6} {:>13} {:>8} {:>9} {:>5}",
         "phase", "jobs/s", "×noop", "cons MiB", "CPU µs/j", "wkr µs/j", "lost"
     );
-    let rss = |p: &Phase| {
-        if p.consumer_rss_mib.is_empty() {
-            "-".to_owned()
-        } else {
-            p.consumer_rss_mib
-                .iter()
-                .map(|m| format!("{m:.1}"))
-                .collect::<Vec<_>>()
-                .join("/")
-        }
-    };
     for (p, ratio) in noop
         .map(|p| (p, Some(1.0)))
         .into_iter()
@@ -154,7 +148,7 @@ pub(crate) fn workers_table(noop: Option<&Phase>, workers: &[Phase]) {
             p.name,
             p.jobs_per_sec,
             ratio.map_or("-".into(), |r| format!("{r:.2}")),
-            rss(p),
+            consumer_rss(p),
             p.cpu_us_per_job.map_or("-".into(), |c| format!("{c:.0}")),
             p.worker_cpu_us_per_job
                 .map_or("-".into(), |c| format!("{c:.0}")),

@@ -200,35 +200,12 @@ fn threads_cpu(name: &str) -> Duration {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return Duration::ZERO;
     };
-    let ticks: u64 = tasks
+    tasks
         .flatten()
         .filter_map(|task| std::fs::read_to_string(task.path().join("stat")).ok())
         .filter_map(|stat| {
-            // `pid (comm) state ...`: the name sits between the first '(' and the last ')'.
-            let (head, rest) = stat.rsplit_once(')')?;
-            let comm = head.split_once('(')?.1;
-            if comm != name {
-                return None;
-            }
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            let utime: u64 = fields.get(11)?.parse().ok()?;
-            let stime: u64 = fields.get(12)?.parse().ok()?;
-            Some(utime + stime)
+            let (comm, cpu) = jobpipe_tests::procstat::stat_cpu(&stat)?;
+            (comm == name).then_some(cpu)
         })
-        .sum();
-    Duration::from_secs_f64(ticks as f64 / clock_ticks())
-}
-
-/// Clock ticks per second (`getconf CLK_TCK`), 100 on Linux unless told otherwise.
-fn clock_ticks() -> f64 {
-    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
-    *TICKS.get_or_init(|| {
-        std::process::Command::new("getconf")
-            .arg("CLK_TCK")
-            .output()
-            .ok()
-            .and_then(|out| String::from_utf8(out.stdout).ok())
-            .and_then(|text| text.trim().parse().ok())
-            .unwrap_or(100.0)
-    })
+        .sum()
 }
