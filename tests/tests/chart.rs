@@ -1482,7 +1482,7 @@ async fn keda_scales_consumers_on_ready_plus_in_flight_summed_over_their_queues(
         scaled["advanced"]["scalingModifiers"],
         json!({
             "formula": "ready + inflight > 0 ? ready + inflight : (delayed > 0 ? 1 : 0)",
-            "target": "16",
+            "target": "64",
             "activationTarget": "0",
             "metricType": "AverageValue",
         })
@@ -1497,7 +1497,7 @@ async fn keda_scales_consumers_on_ready_plus_in_flight_summed_over_their_queues(
             "metadata": {
                 "serverAddress": "http://prometheus.monitoring:9090",
                 "query": query,
-                "threshold": "16",
+                "threshold": "64",
             },
         })
     };
@@ -1752,8 +1752,8 @@ async fn one_autoscaler_per_deployment_fed_by_gauges_that_exist() {
             "consumer.autoscaling.keda.prometheus.serverAddress",
         ),
         (
-            with_keda(&["consumer.autoscaling.keda.jobsPerReplica=17"]),
-            "consumer.autoscaling.keda.jobsPerReplica (17) must not exceed consumer.concurrency (16)",
+            with_keda(&["consumer.autoscaling.keda.jobsPerReplica=65"]),
+            "consumer.autoscaling.keda.jobsPerReplica (65) must not exceed consumer.concurrency (64)",
         ),
         (
             with_keda(&[

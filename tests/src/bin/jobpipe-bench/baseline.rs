@@ -8,7 +8,7 @@ use crate::{
     report::{Latency, Phase},
 };
 use futures::StreamExt;
-use jobpipe_tests::broker::amqp_url;
+use jobpipe_tests::{broker::amqp_url, procstat};
 use lapin::{
     BasicProperties, Connection, ConnectionProperties,
     options::{
@@ -163,6 +163,7 @@ async fn measure(
         .await?;
     let window = Arc::new(Semaphore::new(settings.window));
     let mut sent = vec![Instant::now(); jobs];
+    let client_before = procstat::usage(std::process::id()).cpu;
     let started = Instant::now();
     let mut pacer = pace.pacer();
     for (index, sent_at) in sent.iter_mut().enumerate() {
@@ -186,6 +187,7 @@ async fn measure(
         });
     }
     tokio::time::timeout(Duration::from_secs(600), done.notified()).await?;
+    let client_cpu = procstat::usage(std::process::id()).cpu - client_before;
     bar.finish();
 
     let received = received.lock().expect("lock").clone();
@@ -212,6 +214,7 @@ async fn measure(
         producer_rss_mib: None,
         consumer_rss_mib: Vec::new(),
         cpu_us_per_job: None,
+        client_cpu_us_per_job: Some(client_cpu.as_secs_f64() * 1e6 / jobs.max(1) as f64),
         lost,
         duplicates,
         refused: 0,

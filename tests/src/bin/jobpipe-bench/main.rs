@@ -24,7 +24,9 @@ mod report;
 mod worker;
 
 use clap::Parser;
+use jobpipe_consumer::config::ConsumerSettings;
 use jobpipe_proto::topology::QueueType;
+use jobpipe_tests::procstat;
 use load::Mode;
 use report::{Latency, Phase};
 use std::{
@@ -63,11 +65,11 @@ pub(crate) struct Options {
     /// Consumer processes (and baseline consumers).
     #[arg(long, default_value_t = 2)]
     consumers: usize,
-    /// Prefetch per consumer (jobpipe's default).
-    #[arg(long, default_value_t = 32)]
+    /// Prefetch per consumer (default: jobpipe's).
+    #[arg(long, default_value_t = ConsumerSettings::default().prefetch)]
     prefetch: u16,
-    /// Handlers running at once per consumer (jobpipe's default).
-    #[arg(long, default_value_t = 16)]
+    /// Handlers running at once per consumer (default: jobpipe's).
+    #[arg(long, default_value_t = ConsumerSettings::default().concurrency)]
     concurrency: usize,
     /// The plain client's confirm window and prefetch when the sweep does not run.
     #[arg(long, default_value_t = 1000)]
@@ -445,6 +447,7 @@ async fn run(
     let mut pipeline = pipeline::Pipeline::start(opts, target.as_deref()).await?;
     let (producer_before, consumers_before) = pipeline.usage();
     let worker_before = worker.map(|w| (w.cpu(), w.requests()));
+    let client_before = procstat::usage(std::process::id()).cpu;
     let bar = progress(name, jobs);
     let started = Instant::now();
     let first_submit = SystemTime::now();
@@ -463,6 +466,7 @@ async fn run(
     }
     let (producer, consumers) = pipeline.usage();
     let worker_after = worker.map(|w| (w.cpu(), w.requests()));
+    let client = procstat::usage(std::process::id()).cpu - client_before;
     pipeline.stop().await;
 
     // The last job's start; a noop handler's ack follows within microseconds.
@@ -503,6 +507,12 @@ async fn run(
         producer_rss_mib: Some(producer.peak_rss_mib),
         consumer_rss_mib: consumers.iter().map(|c| c.peak_rss_mib).collect(),
         cpu_us_per_job: Some(cpu.as_secs_f64() * 1e6 / submitted.len().max(1) as f64),
+        client_cpu_us_per_job: {
+            let worker = worker_before
+                .zip(worker_after)
+                .map_or(Duration::ZERO, |(before, after)| after.0 - before.0);
+            Some(client.saturating_sub(worker).as_secs_f64() * 1e6 / submitted.len().max(1) as f64)
+        },
         lost,
         duplicates,
         refused: answered.refused,

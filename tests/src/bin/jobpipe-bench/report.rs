@@ -50,6 +50,10 @@ pub(crate) struct Phase {
     pub(crate) consumer_rss_mib: Vec<f64>,
     /// CPU time of the jobpipe processes per job, microseconds.
     pub(crate) cpu_us_per_job: Option<f64>,
+    /// CPU time of the bench process per job, microseconds: the plain client itself (publisher
+    /// and consumers) in the baseline phases, the load generator in jobpipe's (worker threads
+    /// apart).
+    pub(crate) client_cpu_us_per_job: Option<f64>,
     /// Confirmed jobs never processed.
     pub(crate) lost: usize,
     /// Jobs processed more than once.
@@ -72,7 +76,7 @@ pub(crate) struct Phase {
 /// Prints the results as a table.
 pub(crate) fn table(phases: &[Phase], baseline_rate: f64) {
     println!(
-        "\n{:<28} {:>7} {:>9} {:>6} {:>8} {:>8} {:>8} {:>9} {:>13} {:>8} {:>5} {:>4} {:>7}",
+        "\n{:<28} {:>7} {:>9} {:>6} {:>8} {:>8} {:>8} {:>9} {:>13} {:>8} {:>9} {:>5} {:>4} {:>7}",
         "phase",
         "jobs",
         "jobs/s",
@@ -83,6 +87,7 @@ pub(crate) fn table(phases: &[Phase], baseline_rate: f64) {
         "prod MiB",
         "cons MiB",
         "CPU µs/j",
+        "clnt µs/j",
         "lost",
         "dup",
         "refused"
@@ -95,7 +100,7 @@ pub(crate) fn table(phases: &[Phase], baseline_rate: f64) {
         };
         let consumers = consumer_rss(p);
         println!(
-            "{:<28} {:>7} {:>9.0} {:>6.2} {:>8} {:>8} {:>8} {:>9} {:>13} {:>8} {:>5} {:>4} {:>7}",
+            "{:<28} {:>7} {:>9.0} {:>6.2} {:>8} {:>8} {:>8} {:>9} {:>13} {:>8} {:>9} {:>5} {:>4} {:>7}",
             p.name,
             p.jobs,
             p.jobs_per_sec,
@@ -106,6 +111,8 @@ pub(crate) fn table(phases: &[Phase], baseline_rate: f64) {
             p.producer_rss_mib.map_or("-".into(), |m| format!("{m:.1}")),
             consumers,
             p.cpu_us_per_job.map_or("-".into(), |c| format!("{c:.0}")),
+            p.client_cpu_us_per_job
+                .map_or("-".into(), |c| format!("{c:.0}")),
             p.lost,
             p.duplicates,
             p.refused,
