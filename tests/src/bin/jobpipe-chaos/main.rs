@@ -256,6 +256,8 @@ async fn drain(
 ) -> usize {
     let deadline = Instant::now() + DRAIN_LIMIT;
     let (mut idle, mut stranded, mut step) = (0, 0, 0);
+    // Every queue of the run must be listed, and empty, before the broker counts as drained.
+    let mut queues = 0;
     let mut last_change = (usize::MAX, Instant::now());
     while Instant::now() < deadline {
         let open = {
@@ -266,7 +268,11 @@ async fn drain(
             break;
         }
         let pending = pending(&nodes[0], prefix).await;
-        idle = if pending == 0 { idle + 1 } else { 0 };
+        queues = queues.max(pending.map_or(0, |(listed, _)| listed));
+        idle = match pending {
+            Some((listed, 0)) if listed == queues => idle + 1,
+            _ => 0,
+        };
         if idle == 2 {
             break;
         }
@@ -277,8 +283,8 @@ async fn drain(
             stranded = stranded.max(open);
             step += 1;
             eprintln!(
-                "chaos: {open} jobs open and {pending} messages in the broker, nothing moved for \
-                 {STALL:?}: runbook step {step}"
+                "chaos: {open} jobs open and {pending:?} (queues, messages) in the broker, nothing \
+                 moved for {STALL:?}: runbook step {step}"
             );
             if step == 1 {
                 for node in nodes {
@@ -334,16 +340,20 @@ const STALL: Duration = Duration::from_secs(30);
 /// at-least-once dead-letter worker on a node (each queue leader starts a fresh one at once).
 pub(crate) const RESTART_DLX_WORKERS: &str = "[exit(P, kill) || {_, P, _, _} <- supervisor:which_children(rabbit_fifo_dlx_sup), node(P) =:= node()].";
 
-/// Messages (ready or being processed) in the run's queues, dead-letter queues aside.
-async fn pending(node: &Node, prefix: &str) -> u64 {
+/// What the broker says the run's queues hold (dead-letter queues aside): how many queues it
+/// listed and their messages, ready or being processed. `None` while it cannot say: a queue
+/// whose leader is being elected or recovering lists no count, and a node that is down lists
+/// nothing. Neither is an empty broker.
+async fn pending(node: &Node, prefix: &str) -> Option<(usize, u64)> {
     let listed = node
         .rabbitmqctl(&["list_queues", "name", "messages", "--quiet"])
         .await;
-    (listed.lines())
+    let counts = (listed.lines())
         .filter_map(|line| line.split_once('\t'))
         .filter(|(name, _)| name.starts_with(prefix) && !name.ends_with(".dead"))
-        .filter_map(|(_, messages)| messages.trim().parse::<u64>().ok())
-        .sum()
+        .map(|(_, messages)| messages.trim().parse::<u64>().ok())
+        .collect::<Option<Vec<u64>>>()?;
+    (!counts.is_empty()).then(|| (counts.len(), counts.iter().sum()))
 }
 
 /// Every job's fate, against what it was designed to do.
