@@ -72,10 +72,26 @@ impl Injected {
     }
 }
 
+/// How long a restarted node may take to bring its quorum queue members back.
+const MEMBERS_LIMIT: Duration = Duration::from_secs(60);
+
+/// The node names in a `rabbitmqctl list_queues` member list (`[a@h, b@h]`), sorted.
+pub(crate) fn members(listed: &str) -> Vec<&str> {
+    let mut names: Vec<&str> = (listed.trim().trim_start_matches('[').trim_end_matches(']'))
+        .split(',')
+        .map(str::trim)
+        .filter(|name| !name.is_empty())
+        .collect();
+    names.sort_unstable();
+    names
+}
+
 /// Injects faults into `services` on `nodes`.
 pub(crate) struct Injector<'a> {
     /// The broker nodes (one, or a cluster).
     pub(crate) nodes: &'a [Node],
+    /// The run's topology prefix.
+    pub(crate) prefix: &'a str,
     /// The services under test.
     pub(crate) services: &'a mut Services,
     /// The producer, for canary jobs.
@@ -142,6 +158,9 @@ impl Injector<'_> {
                 let back = Instant::now();
                 let recovery = self.serving(back).await;
                 self.nodes[victim].restart().await;
+                // A three-node quorum survives one failure at a time: the next fault waits until
+                // the restarted node's members of the run's queues are back (not timed).
+                self.all_members_online(victim).await;
                 return Injected {
                     fault,
                     at,
@@ -157,6 +176,37 @@ impl Injector<'_> {
             outage: back - began,
             recovery: self.serving(back).await,
             consumer,
+        }
+    }
+
+    /// Waits until every queue of the run lists all its members online, as `victim`'s
+    /// neighbour sees it; says so, and goes on, if that takes longer than [`MEMBERS_LIMIT`].
+    async fn all_members_online(&self, victim: usize) {
+        let node = &self.nodes[(victim + 1) % self.nodes.len()];
+        let deadline = Instant::now() + MEMBERS_LIMIT;
+        loop {
+            let listed = node
+                .rabbitmqctl(&["list_queues", "name", "members", "online", "--quiet"])
+                .await;
+            let offline: Vec<&str> = (listed.lines())
+                .map(|line| line.split('\t').collect::<Vec<_>>())
+                .filter(|row| {
+                    row.first()
+                        .is_some_and(|name| name.starts_with(self.prefix))
+                })
+                .filter(|row| row.len() != 3 || members(row[2]) != members(row[1]))
+                .map(|row| row[0])
+                .collect();
+            if offline.is_empty() && !listed.is_empty() {
+                return;
+            }
+            if Instant::now() >= deadline {
+                eprintln!(
+                    "chaos: members still offline {MEMBERS_LIMIT:?} after a node restart: {offline:?}"
+                );
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
 
@@ -203,5 +253,24 @@ impl Injector<'_> {
             }
         }
         panic!("the producer is connected to no node");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::members;
+
+    #[test]
+    fn member_lists_compare_as_sets_of_names() {
+        let cases = [
+            ("[a@h, b@h, c@h]", vec!["a@h", "b@h", "c@h"]),
+            ("[c@h, a@h]", vec!["a@h", "c@h"]),
+            ("[]", vec![]),
+            ("", vec![]),
+        ];
+        for (listed, names) in cases {
+            assert_eq!(members(listed), names, "{listed:?}");
+        }
+        assert_ne!(members("[a@h, b@h]"), members("[a@h, b@h, c@h]"));
     }
 }

@@ -166,6 +166,7 @@ async fn run(options: &Options) -> anyhow::Result<Report> {
     );
     let mut injector = Injector {
         nodes: &nodes,
+        prefix: &prefix,
         services: &mut services,
         client,
         started,
@@ -312,13 +313,18 @@ async fn restart_stalled_leaders(nodes: &[Node], prefix: &str) {
             "messages_ready",
             "messages_unacknowledged",
             "leader",
+            "members",
+            "online",
             "--quiet",
         ])
         .await;
+    // Only where every member is online: a level without a quorum elsewhere would lose its
+    // last running member, and no other node could take it over.
     let mut leaders: Vec<String> = (listed.lines())
         .map(|line| line.split('\t').collect::<Vec<_>>())
-        .filter(|row| row.len() == 5 && row[0].starts_with(prefix) && row[0].contains(".delay."))
+        .filter(|row| row.len() == 7 && row[0].starts_with(prefix) && row[0].contains(".delay."))
         .filter(|row| row[1] != "0" && row[2] == "0" && row[3] == "0")
+        .filter(|row| faults::members(row[6]) == faults::members(row[5]))
         .map(|row| row[4].to_owned())
         .collect();
     leaders.sort();
