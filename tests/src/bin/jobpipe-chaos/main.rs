@@ -287,6 +287,22 @@ async fn drain(
                 "chaos: {open} jobs open and {pending:?} (queues, messages) in the broker, nothing \
                  moved for {STALL:?}: runbook step {step}"
             );
+            // Where they are held, and which members were online, before the runbook touches it.
+            let held = nodes[0]
+                .rabbitmqctl(&[
+                    "list_queues",
+                    "name",
+                    "messages",
+                    "leader",
+                    "members",
+                    "online",
+                    "--quiet",
+                ])
+                .await;
+            (held.lines())
+                .filter(|line| line.starts_with(prefix))
+                .filter(|line| line.split('\t').nth(1).is_some_and(|count| count != "0"))
+                .for_each(|line| eprintln!("chaos:   held: {line}"));
             if step == 1 {
                 for node in nodes {
                     node.rabbitmqctl(&["eval", RESTART_DLX_WORKERS]).await;
