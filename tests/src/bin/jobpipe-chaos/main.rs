@@ -72,6 +72,9 @@ const HEARTBEAT_SECS: u64 = 5;
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the drain may take once the load is done.
 const DRAIN_LIMIT: Duration = Duration::from_secs(180);
+/// Readings of an empty broker, half a second apart, before the drain gives up on open jobs:
+/// longer than level 0's TTL (1 s) and a leader election.
+const IDLE_READINGS: usize = 10;
 
 fn schedule(options: &Options) -> Vec<Fault> {
     use Fault::*;
@@ -243,7 +246,8 @@ async fn run(options: &Options) -> anyhow::Result<Report> {
 
 /// Waits until every expected job succeeded or was dead-lettered, by the consumers' logs, or
 /// until nothing is left to process (the broker may have dead-lettered a job on its own, and
-/// a lost job never finishes): every queue but the dead-letter ones empty, twice in a row.
+/// a lost job never finishes): every queue but the dead-letter ones empty, with all its
+/// members online, for [`IDLE_READINGS`] readings in a row.
 ///
 /// When nothing moves for [`STALL`] while the broker still holds messages, the operator's runbook
 /// for RabbitMQ's stalled dead-letter workers (deploy/README.md) is applied once: the jobs
@@ -274,7 +278,7 @@ async fn drain(
             Some((listed, 0)) if listed == queues => idle + 1,
             _ => 0,
         };
-        if idle == 2 {
+        if idle == IDLE_READINGS {
             break;
         }
         if open != last_change.0 {
@@ -355,8 +359,9 @@ async fn restart_stalled_leaders(nodes: &[Node], prefix: &str) {
 }
 
 /// How long the drain waits without progress before it suspects a stalled dead-letter worker:
-/// longer than any retry delay plus level TTL here (1 s and 1 s).
-const STALL: Duration = Duration::from_secs(30);
+/// many times any retry delay plus level TTL here (1 s and 1 s), short enough that both runbook
+/// steps and the jobs they free fit in the short run's time.
+const STALL: Duration = Duration::from_secs(15);
 
 /// deploy/README.md's recovery for a stalled dead-letter worker: restart every
 /// at-least-once dead-letter worker on a node (each queue leader starts a fresh one at once).
@@ -364,16 +369,31 @@ pub(crate) const RESTART_DLX_WORKERS: &str = "[exit(P, kill) || {_, P, _, _} <- 
 
 /// What the broker says the run's queues hold (dead-letter queues aside): how many queues it
 /// listed and their messages, ready or being processed. `None` while it cannot say: a queue
-/// whose leader is being elected or recovering lists no count, and a node that is down lists
-/// nothing. Neither is an empty broker.
+/// whose leader is being elected or recovering lists no count, a node that is down lists
+/// nothing, and a queue with a member offline may report a count the leader no longer has
+/// (after the runbook's restart a level read 0 while its jobs were moving on).
 async fn pending(node: &Node, prefix: &str) -> Option<(usize, u64)> {
     let listed = node
-        .rabbitmqctl(&["list_queues", "name", "messages", "--quiet"])
+        .rabbitmqctl(&[
+            "list_queues",
+            "name",
+            "messages",
+            "members",
+            "online",
+            "--quiet",
+        ])
         .await;
     let counts = (listed.lines())
-        .filter_map(|line| line.split_once('\t'))
-        .filter(|(name, _)| name.starts_with(prefix) && !name.ends_with(".dead"))
-        .map(|(_, messages)| messages.trim().parse::<u64>().ok())
+        .map(|line| line.split('\t').collect::<Vec<_>>())
+        .filter(|row| row[0].starts_with(prefix) && !row[0].ends_with(".dead"))
+        .map(|row| match row[..] {
+            [_, messages, members, online]
+                if faults::members(online) == faults::members(members) =>
+            {
+                messages.trim().parse::<u64>().ok()
+            }
+            _ => None,
+        })
         .collect::<Option<Vec<u64>>>()?;
     (!counts.is_empty()).then(|| (counts.len(), counts.iter().sum()))
 }
