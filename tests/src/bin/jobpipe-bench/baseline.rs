@@ -5,7 +5,7 @@
 
 use crate::{
     Options, Pace, progress,
-    report::{Latency, Phase},
+    report::{self, Latency, Phase},
 };
 use futures::StreamExt;
 use jobpipe_tests::{broker::amqp_url, procstat};
@@ -214,7 +214,7 @@ async fn measure(
         producer_rss_mib: None,
         consumer_rss_mib: Vec::new(),
         cpu_us_per_job: None,
-        client_cpu_us_per_job: Some(client_cpu.as_secs_f64() * 1e6 / jobs.max(1) as f64),
+        client_cpu_us_per_job: Some(report::per_job(client_cpu, jobs)),
         lost,
         duplicates,
         refused: 0,

@@ -467,6 +467,9 @@ async fn run(
     let (producer, consumers) = pipeline.usage();
     let worker_after = worker.map(|w| (w.cpu(), w.requests()));
     let client = procstat::usage(std::process::id()).cpu - client_before;
+    let worker_cpu = worker_before
+        .zip(worker_after)
+        .map(|(before, after)| after.0 - before.0);
     pipeline.stop().await;
 
     // The last job's start; a noop handler's ack follows within microseconds.
@@ -506,19 +509,16 @@ async fn run(
         latency: Latency::of(latencies),
         producer_rss_mib: Some(producer.peak_rss_mib),
         consumer_rss_mib: consumers.iter().map(|c| c.peak_rss_mib).collect(),
-        cpu_us_per_job: Some(cpu.as_secs_f64() * 1e6 / submitted.len().max(1) as f64),
-        client_cpu_us_per_job: {
-            let worker = worker_before
-                .zip(worker_after)
-                .map_or(Duration::ZERO, |(before, after)| after.0 - before.0);
-            Some(client.saturating_sub(worker).as_secs_f64() * 1e6 / submitted.len().max(1) as f64)
-        },
+        cpu_us_per_job: Some(report::per_job(cpu, submitted.len())),
+        // The bench process, its worker's threads apart.
+        client_cpu_us_per_job: Some(report::per_job(
+            client.saturating_sub(worker_cpu.unwrap_or_default()),
+            submitted.len(),
+        )),
         lost,
         duplicates,
         refused: answered.refused,
-        worker_cpu_us_per_job: worker_before.zip(worker_after).map(|(before, after)| {
-            (after.0 - before.0).as_secs_f64() * 1e6 / submitted.len().max(1) as f64
-        }),
+        worker_cpu_us_per_job: worker_cpu.map(|cpu| report::per_job(cpu, submitted.len())),
         worker_requests: worker_before
             .zip(worker_after)
             .map(|(before, after)| after.1 - before.1),

@@ -73,6 +73,11 @@ pub(crate) struct Phase {
     pub(crate) vs_noop: Option<f64>,
 }
 
+/// `cpu` spread over `jobs`, in microseconds per job.
+pub(crate) fn per_job(cpu: Duration, jobs: usize) -> f64 {
+    cpu.as_secs_f64() * 1e6 / jobs.max(1) as f64
+}
+
 /// Prints the results as a table.
 pub(crate) fn table(phases: &[Phase], baseline_rate: f64) {
     println!(

@@ -2,7 +2,7 @@
 //! from the moment the broker is back (or, in a cluster, from the moment the node died, the
 //! others being up) until the producer confirms a canary job and every service is ready.
 
-use crate::services::Services;
+use crate::{queues, services::Services};
 use jobpipe_proto::v1::{JobSpec, SubmitJobRequest, job_service_client::JobServiceClient};
 use jobpipe_tests::node::Node;
 use std::{fmt, time::Duration};
@@ -74,17 +74,6 @@ impl Injected {
 
 /// How long a restarted node may take to bring its quorum queue members back.
 const MEMBERS_LIMIT: Duration = Duration::from_secs(60);
-
-/// The node names in a `rabbitmqctl list_queues` member list (`[a@h, b@h]`), sorted.
-pub(crate) fn members(listed: &str) -> Vec<&str> {
-    let mut names: Vec<&str> = (listed.trim().trim_start_matches('[').trim_end_matches(']'))
-        .split(',')
-        .map(str::trim)
-        .filter(|name| !name.is_empty())
-        .collect();
-    names.sort_unstable();
-    names
-}
 
 /// Injects faults into `services` on `nodes`.
 pub(crate) struct Injector<'a> {
@@ -185,19 +174,12 @@ impl Injector<'_> {
         let node = &self.nodes[(victim + 1) % self.nodes.len()];
         let deadline = Instant::now() + MEMBERS_LIMIT;
         loop {
-            let listed = node
-                .rabbitmqctl(&["list_queues", "name", "members", "online", "--quiet"])
-                .await;
-            let offline: Vec<&str> = (listed.lines())
-                .map(|line| line.split('\t').collect::<Vec<_>>())
-                .filter(|row| {
-                    row.first()
-                        .is_some_and(|name| name.starts_with(self.prefix))
-                })
-                .filter(|row| row.len() != 3 || members(row[2]) != members(row[1]))
-                .map(|row| row[0])
+            let rows = queues::list(node, self.prefix, &["members", "online"]).await;
+            let offline: Vec<&str> = (rows.iter())
+                .filter(|row| !matches!(&row[..], [_, members, online] if queues::all_online(members, online)))
+                .map(|row| row[0].as_str())
                 .collect();
-            if offline.is_empty() && !listed.is_empty() {
+            if offline.is_empty() && !rows.is_empty() {
                 return;
             }
             if Instant::now() >= deadline {
@@ -253,24 +235,5 @@ impl Injector<'_> {
             }
         }
         panic!("the producer is connected to no node");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::members;
-
-    #[test]
-    fn member_lists_compare_as_sets_of_names() {
-        let cases = [
-            ("[a@h, b@h, c@h]", vec!["a@h", "b@h", "c@h"]),
-            ("[c@h, a@h]", vec!["a@h", "c@h"]),
-            ("[]", vec![]),
-            ("", vec![]),
-        ];
-        for (listed, names) in cases {
-            assert_eq!(members(listed), names, "{listed:?}");
-        }
-        assert_ne!(members("[a@h, b@h]"), members("[a@h, b@h, c@h]"));
     }
 }

@@ -14,6 +14,7 @@
 mod faults;
 mod ledger;
 mod load;
+mod queues;
 mod report;
 mod services;
 
@@ -213,21 +214,15 @@ async fn run(options: &Options) -> anyhow::Result<Report> {
     report.stranded = stranded;
     if !report.passed() {
         // Where the missing jobs are: the run's queues as the broker sees them.
-        report.queues = nodes[0]
-            .rabbitmqctl(&[
-                "list_queues",
-                "name",
-                "messages",
-                "messages_ready",
-                "messages_unacknowledged",
-                "leader",
-                "online",
-                "--quiet",
-            ])
-            .await
-            .lines()
-            .filter(|line| line.starts_with(&prefix))
-            .map(str::to_owned)
+        let columns = [
+            "messages",
+            "messages_ready",
+            "messages_unacknowledged",
+            "leader",
+            "online",
+        ];
+        report.queues = (queues::list(&nodes[0], &prefix, &columns).await.iter())
+            .map(|row| row.join("\t"))
             .collect();
         if options.linger > 0 {
             let names: Vec<&str> = nodes.iter().map(Node::name).collect();
@@ -292,21 +287,10 @@ async fn drain(
                  moved for {STALL:?}: runbook step {step}"
             );
             // Where they are held, and which members were online, before the runbook touches it.
-            let held = nodes[0]
-                .rabbitmqctl(&[
-                    "list_queues",
-                    "name",
-                    "messages",
-                    "leader",
-                    "members",
-                    "online",
-                    "--quiet",
-                ])
-                .await;
-            (held.lines())
-                .filter(|line| line.starts_with(prefix))
-                .filter(|line| line.split('\t').nth(1).is_some_and(|count| count != "0"))
-                .for_each(|line| eprintln!("chaos:   held: {line}"));
+            let columns = ["messages", "leader", "members", "online"];
+            (queues::list(&nodes[0], prefix, &columns).await.iter())
+                .filter(|row| row.get(1).is_some_and(|count| count != "0"))
+                .for_each(|row| eprintln!("chaos:   held: {}", row.join("\t")));
             if step == 1 {
                 for node in nodes {
                     node.rabbitmqctl(&["eval", RESTART_DLX_WORKERS]).await;
@@ -325,27 +309,29 @@ async fn drain(
 /// level holding messages none of which is ready or unacknowledged, so a new leader elsewhere
 /// starts a new dead-letter worker.
 async fn restart_stalled_leaders(nodes: &[Node], prefix: &str) {
-    let listed = nodes[0]
-        .rabbitmqctl(&[
-            "list_queues",
-            "name",
-            "messages",
-            "messages_ready",
-            "messages_unacknowledged",
-            "leader",
-            "members",
-            "online",
-            "--quiet",
-        ])
-        .await;
+    let columns = [
+        "messages",
+        "messages_ready",
+        "messages_unacknowledged",
+        "leader",
+        "members",
+        "online",
+    ];
     // Only where every member is online: a level without a quorum elsewhere would lose its
     // last running member, and no other node could take it over.
-    let mut leaders: Vec<String> = (listed.lines())
-        .map(|line| line.split('\t').collect::<Vec<_>>())
-        .filter(|row| row.len() == 7 && row[0].starts_with(prefix) && row[0].contains(".delay."))
-        .filter(|row| row[1] != "0" && row[2] == "0" && row[3] == "0")
-        .filter(|row| faults::members(row[6]) == faults::members(row[5]))
-        .map(|row| row[4].to_owned())
+    let mut leaders: Vec<String> = (queues::list(&nodes[0], prefix, &columns).await)
+        .into_iter()
+        .filter(|row| match &row[..] {
+            [name, messages, ready, unacked, _, members, online] => {
+                name.contains(".delay.")
+                    && messages != "0"
+                    && ready == "0"
+                    && unacked == "0"
+                    && queues::all_online(members, online)
+            }
+            _ => false,
+        })
+        .map(|mut row| row.swap_remove(4))
         .collect();
     leaders.sort();
     leaders.dedup();
@@ -373,23 +359,11 @@ pub(crate) const RESTART_DLX_WORKERS: &str = "[exit(P, kill) || {_, P, _, _} <- 
 /// nothing, and a queue with a member offline may report a count the leader no longer has
 /// (after the runbook's restart a level read 0 while its jobs were moving on).
 async fn pending(node: &Node, prefix: &str) -> Option<(usize, u64)> {
-    let listed = node
-        .rabbitmqctl(&[
-            "list_queues",
-            "name",
-            "messages",
-            "members",
-            "online",
-            "--quiet",
-        ])
-        .await;
-    let counts = (listed.lines())
-        .map(|line| line.split('\t').collect::<Vec<_>>())
-        .filter(|row| row[0].starts_with(prefix) && !row[0].ends_with(".dead"))
-        .map(|row| match row[..] {
-            [_, messages, members, online]
-                if faults::members(online) == faults::members(members) =>
-            {
+    let rows = queues::list(node, prefix, &["messages", "members", "online"]).await;
+    let counts = (rows.iter())
+        .filter(|row| !row[0].ends_with(".dead"))
+        .map(|row| match &row[..] {
+            [_, messages, members, online] if queues::all_online(members, online) => {
                 messages.trim().parse::<u64>().ok()
             }
             _ => None,
