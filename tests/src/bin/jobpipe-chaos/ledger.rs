@@ -4,7 +4,7 @@
 use jobpipe_proto::{headers, job::text_header};
 use jobpipe_tests::broker::Probe;
 use lapin::types::FieldTable;
-use std::{collections::HashMap, time::SystemTime};
+use std::{collections::HashMap, fs::File, io::Write, time::SystemTime};
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
     process::ChildStdout,
@@ -96,15 +96,21 @@ impl Ledger {
 pub(crate) const STARTED: &str = "started";
 
 /// Sends every line of the standard output of a service (consumer `slot`, or the producer),
-/// parsed, to `sink`; with `echo`, warnings and errors are printed too.
+/// parsed, to `sink`; with `echo`, warnings and errors are printed too, and with `copy` every line
+/// is kept there as it came.
 pub(crate) async fn follow(
     stdout: ChildStdout,
     slot: usize,
     sink: mpsc::UnboundedSender<(Line, Option<Event>)>,
     echo: bool,
+    mut copy: Option<File>,
 ) {
     let mut lines = BufReader::new(stdout).lines();
     while let Ok(Some(line)) = lines.next_line().await {
+        if let Some(Err(error)) = copy.as_mut().map(|file| writeln!(file, "{line}")) {
+            eprintln!("chaos: no longer keeping a service's log lines: {error}");
+            copy = None;
+        }
         let parsed = parse(&line, slot);
         if echo && parsed.0 == Line::Warning {
             eprintln!("{line}");

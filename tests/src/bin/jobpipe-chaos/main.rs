@@ -65,6 +65,9 @@ struct Options {
     /// On a failed run, keep the broker nodes this many seconds for a look inside.
     #[arg(long, default_value_t = 0)]
     linger: u64,
+    /// Keep every service's log lines in this directory (`producer.log`, `consumer-<slot>.log`).
+    #[arg(long)]
+    logs: Option<std::path::PathBuf>,
 }
 
 /// The AMQP heartbeat the services run with, in seconds.
@@ -144,6 +147,7 @@ async fn run(options: &Options) -> anyhow::Result<Report> {
         prefix: format!("chaos-{:08x}", rand::random::<u32>()),
         heartbeat_secs: HEARTBEAT_SECS,
         verbose: options.verbose,
+        logs: options.logs.clone(),
     };
     let prefix = settings.prefix.clone();
     let dead_queue = format!("{prefix}.default.dead");

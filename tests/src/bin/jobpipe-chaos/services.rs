@@ -7,7 +7,7 @@ use jobpipe_tests::{
     http_get,
     process::{Service, free_port},
 };
-use std::{net::SocketAddr, time::Duration};
+use std::{fs::File, net::SocketAddr, path::PathBuf, time::Duration};
 use tokio::{sync::mpsc, time::Instant};
 
 /// How long a service may take to become ready.
@@ -24,6 +24,8 @@ pub(crate) struct Settings {
     pub(crate) heartbeat_secs: u64,
     /// Print the services' warnings and errors.
     pub(crate) verbose: bool,
+    /// Where every service's log lines are kept, if anywhere.
+    pub(crate) logs: Option<PathBuf>,
 }
 
 /// The producer and the consumers.
@@ -56,6 +58,7 @@ impl Services {
             usize::MAX,
             log.clone(),
             settings.verbose,
+            copy(&settings, "producer"),
         ));
         let producer = (producer, admin);
         let mut services = Self {
@@ -101,6 +104,7 @@ impl Services {
             slot,
             self.log.clone(),
             self.settings.verbose,
+            copy(&self.settings, &format!("consumer-{slot}")),
         ));
         self.consumers[slot].0 = Some(service);
     }
@@ -143,6 +147,15 @@ impl Services {
         producer.signal("TERM");
         producer.exit(Duration::from_secs(30)).await;
     }
+}
+
+/// The file that keeps `service`'s log lines, appended to across restarts, when asked for.
+fn copy(settings: &Settings, service: &str) -> Option<File> {
+    let dir = settings.logs.as_ref()?;
+    std::fs::create_dir_all(dir).expect("the logs directory");
+    let path = dir.join(format!("{service}.log"));
+    let file = File::options().create(true).append(true).open(&path);
+    Some(file.unwrap_or_else(|error| panic!("{}: {error}", path.display())))
 }
 
 /// The settings every service gets.
