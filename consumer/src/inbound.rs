@@ -1,22 +1,13 @@
 //! A delivery not yet settled. Every way of settling it consumes it, so a delivery is settled
-//! exactly once, and always on the channel that delivered it (the `Inbound` keeps that channel
-//! open until then). One dropped unsettled (a bug, an aborted task) is returned to its queue
+//! exactly once, and always on the channel that delivered it, through that channel's
+//! [`Settler`] (which keeps the channel open until then). One dropped unsettled (a bug, an aborted task) is returned to its queue
 //! rather than left unacknowledged until the connection closes.
 
+use crate::settler::{Settle, Settled, Settler};
 use bytes::Bytes;
 use jobpipe_proto::names::QueueName;
-use lapin::{
-    BasicProperties, Channel,
-    message::Delivery,
-    options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions},
-};
-use std::time::Duration;
-use tracing::{debug, warn};
-
-/// How long an ack, nack or reject may take to reach the connection. A blocked broker (resource
-/// alarm) stops every write; past this the delivery is left to the broker, which returns it to
-/// its queue when the channel closes.
-const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
+use lapin::{BasicProperties, message::Delivery};
+use tracing::warn;
 
 /// A delivery from one of the consumer's queues.
 #[derive(Debug)]
@@ -26,30 +17,13 @@ pub(crate) struct Inbound {
     properties: BasicProperties,
     payload: Bytes,
     queue: QueueName,
-    // Dropping the last clone of a channel closes it; in-flight deliveries keep theirs alive.
-    _channel: Channel,
-}
-
-/// Whether settling reached the broker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Settled {
-    /// The broker has the ack, nack or reject.
-    Done,
-    /// The channel is gone (broker link lost): the broker redelivers the message by itself.
-    ChannelGone,
-}
-
-/// One way of settling.
-#[derive(Debug, Clone, Copy)]
-enum Settle {
-    Ack,
-    Requeue,
-    Reject,
+    /// Its channel's settling; it keeps the channel open until this delivery is settled.
+    settler: Settler,
 }
 
 impl Inbound {
-    /// Wraps `delivery` from `queue`, received on `channel`.
-    pub(crate) fn new(mut delivery: Delivery, queue: QueueName, channel: Channel) -> Self {
+    /// Wraps `delivery` from `queue`, received on the channel `settler` settles.
+    pub(crate) fn new(mut delivery: Delivery, queue: QueueName, settler: Settler) -> Self {
         let payload = Bytes::from(std::mem::take(&mut delivery.data));
         let properties = std::mem::take(&mut delivery.properties);
         Self {
@@ -57,10 +31,9 @@ impl Inbound {
             properties,
             payload,
             queue,
-            _channel: channel,
+            settler,
         }
     }
-
     /// The queue it came from.
     pub(crate) fn queue(&self) -> &QueueName {
         &self.queue
@@ -95,18 +68,25 @@ impl Inbound {
     }
 
     /// Acknowledges: the broker forgets the message.
-    pub(crate) async fn ack(mut self) -> Settled {
-        settle(self.delivery.take(), Settle::Ack).await
+    pub(crate) async fn ack(self) -> Settled {
+        self.settle(Settle::Ack).await
     }
 
     /// Returns the message to its queue, to be delivered again.
-    pub(crate) async fn requeue(mut self) -> Settled {
-        settle(self.delivery.take(), Settle::Requeue).await
+    pub(crate) async fn requeue(self) -> Settled {
+        self.settle(Settle::Requeue).await
     }
 
     /// Rejects without requeue: the broker dead-letters it (reason `rejected`).
-    pub(crate) async fn reject(mut self) -> Settled {
-        settle(self.delivery.take(), Settle::Reject).await
+    pub(crate) async fn reject(self) -> Settled {
+        self.settle(Settle::Reject).await
+    }
+
+    async fn settle(mut self, how: Settle) -> Settled {
+        match self.delivery.take() {
+            Some(delivery) => self.settler.settle(delivery, how).await,
+            None => Settled::ChannelGone,
+        }
     }
 }
 
@@ -119,42 +99,6 @@ impl Drop for Inbound {
             return;
         }
         warn!(queue = %self.queue, "A delivery was dropped unsettled; returning it to its queue.");
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(settle(Some(delivery), Settle::Requeue));
-        }
-    }
-}
-
-async fn settle(delivery: Option<Delivery>, how: Settle) -> Settled {
-    let Some(delivery) = delivery else {
-        return Settled::ChannelGone;
-    };
-    let acker = &delivery.acker;
-    let settled = tokio::time::timeout(SETTLE_TIMEOUT, async {
-        match how {
-            Settle::Ack => acker.ack(BasicAckOptions::default()).await,
-            Settle::Requeue => {
-                acker
-                    .nack(BasicNackOptions {
-                        multiple: false,
-                        requeue: true,
-                    })
-                    .await
-            }
-            Settle::Reject => acker.reject(BasicRejectOptions { requeue: false }).await,
-        }
-    })
-    .await;
-    match settled {
-        Ok(Ok(true)) => Settled::Done,
-        Ok(Ok(false)) => Settled::ChannelGone,
-        Ok(Err(error)) => {
-            debug!(%error, "Settling failed; the broker will redeliver.");
-            Settled::ChannelGone
-        }
-        Err(_elapsed) => {
-            warn!("Settling timed out (is the broker blocked?); the broker will redeliver.");
-            Settled::ChannelGone
-        }
+        self.settler.settle_later(delivery, Settle::Requeue);
     }
 }

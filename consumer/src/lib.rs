@@ -10,7 +10,8 @@
 //! Inside (private): `subscription` (consuming a queue across reconnects, under the concurrency
 //! limit), `worker` (one delivery's life, from decoding to settlement), `outcome` (the pure retry
 //! decision), `republish` (a retry or dead letter confirmed before the original is settled,
-//! waiting out broker trouble), `inbound` (a delivery that can be settled only once), `context`,
+//! waiting out broker trouble), `inbound` (a delivery that can be settled only once), `settler` (one
+//! channel's settling, runs of acks as one multiple-ack), `context`,
 //! `metrics` and `spans` (shared state, what `/metrics` shows, trace spans).
 //! - [`Consumer`] (here): binds the admin port and runs everything until shutdown.
 //!
@@ -29,6 +30,7 @@ mod republish;
 pub mod retry;
 pub mod routes;
 pub mod scaling;
+mod settler;
 mod spans;
 mod subscription;
 mod worker;

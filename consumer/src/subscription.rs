@@ -3,7 +3,7 @@
 //! once the link is back up (never before: the topology is declared first), and on shutdown
 //! cancel the subscription and return what was never started.
 
-use crate::{context::Context, inbound::Inbound, worker};
+use crate::{context::Context, inbound::Inbound, settler::Settler, worker};
 use futures::StreamExt;
 use jobpipe_proto::names::QueueName;
 use jobpipe_runtime::amqp::{AccessRefused, LinkState, Session};
@@ -96,6 +96,8 @@ enum Ended {
 
 struct Subscription {
     channel: Channel,
+    /// Settles this channel's deliveries.
+    settler: Settler,
     consumer: lapin::Consumer,
     queue: QueueName,
     tag: String,
@@ -133,6 +135,7 @@ impl Subscription {
         let prefetch = probing.map_or(prefetch, |_| 1);
         let consumer = basic_consume(&channel, ctx, queue, tag, prefetch).await?;
         Ok(Self {
+            settler: Settler::new(channel.clone()),
             channel,
             consumer,
             queue: queue.clone(),
@@ -199,13 +202,13 @@ impl Subscription {
                     tokio::time::timeout(STEP_TIMEOUT, self.widen(&workers.ctx, prefetch)).await;
                 if !matches!(widened, Ok(Ok(()))) {
                     warn!(queue = %self.queue, "Cannot raise the prefetch again; resubscribing.");
-                    Inbound::new(delivery, self.queue.clone(), self.channel.clone())
+                    Inbound::new(delivery, self.queue.clone(), self.settler.clone())
                         .requeue()
                         .await;
                     return Ended::Resubscribe;
                 }
             }
-            let inbound = Inbound::new(delivery, self.queue.clone(), self.channel.clone());
+            let inbound = Inbound::new(delivery, self.queue.clone(), self.settler.clone());
             // Wait for a free slot; a delivery that never got one goes back on shutdown.
             let permit = tokio::select! {
                 permit = workers.ctx.permits.clone().acquire_owned() => permit,
@@ -242,7 +245,7 @@ impl Subscription {
         while let Ok(Some(Ok(delivery))) =
             tokio::time::timeout(CANCEL_DRAIN, self.consumer.next()).await
         {
-            Inbound::new(delivery, self.queue.clone(), self.channel.clone())
+            Inbound::new(delivery, self.queue.clone(), self.settler.clone())
                 .requeue()
                 .await;
             returned += 1;

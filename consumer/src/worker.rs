@@ -8,11 +8,12 @@ use crate::{
     context::Context,
     dispatch::Runner,
     handler::{Handler, Job, JobError},
-    inbound::{Inbound, Settled},
+    inbound::Inbound,
     metrics::{Outcome, UNKNOWN},
     outcome::{Attempt, Decision, decide},
     remote,
     republish::{Republished, republish},
+    settler::Settled,
     spans,
 };
 use futures::future::BoxFuture;

@@ -277,6 +277,55 @@ async fn sigkill_mid_job_means_another_instance_gets_it() {
     producer.stop().await.expect("clean stop");
 }
 
+/// The consumer acknowledges a run of finished jobs with one multiple-ack, which covers every
+/// earlier delivery of the channel: a job still running before the run must stay unacknowledged
+/// while the jobs after it are acknowledged, and come back when its consumer dies.
+#[tokio::test]
+async fn acks_of_later_jobs_never_cover_one_still_running() {
+    let topology = TestTopology::new("ackrun", &["default"]);
+    let producer = RunningProducer::start(producer::config(&topology)).await;
+    let admin = free_port();
+    let doomed = consumer_process(&topology, admin, &[]);
+    wait_ready(admin).await;
+    let slow = producer.submit(job("sleep", "60s")).await;
+    wait_for_in_flight(admin, 1.0).await;
+    let fast = producer
+        .submit_all((0..200).map(|_| job("noop", "")).collect())
+        .await
+        .len() as f64;
+    eventually(
+        Duration::from_secs(30),
+        "the later jobs to succeed",
+        || async move {
+            let metrics = http_get(admin, "/metrics").await.1;
+            let noop = r#"jobpipe_consumer_jobs_total{queue="default",type="noop",outcome="succeeded",reason=""}"#;
+            sample(&metrics, noop) == Some(fast)
+        },
+    )
+    .await;
+    doomed.signal("KILL");
+    doomed.exit(Duration::from_secs(5)).await;
+
+    // Only the running job returns to the queue: every later one was acknowledged, none covered it.
+    let probe = Probe::connect().await.expect("probe");
+    let queue = topology.work_queue("default");
+    probe
+        .wait_for_count(&queue, 1, Duration::from_secs(10))
+        .await;
+    let returned: Vec<String> = (probe.drain(&queue).await.iter())
+        .filter_map(|message| {
+            message
+                .delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|id| id.to_string())
+        })
+        .collect();
+    assert_eq!(returned, [slow]);
+    producer.stop().await.expect("clean stop");
+}
+
 #[tokio::test]
 async fn a_job_that_crashes_its_consumer_ends_in_the_dead_letter_queue() {
     let topology = TestTopology::new("crash", &["default"]);

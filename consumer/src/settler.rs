@@ -1,0 +1,302 @@
+//! Settling one channel's deliveries: acks of deliveries next to each other on the channel go to
+//! the broker as one multiple-ack.
+//!
+//! Every settlement of a channel passes through one task. An ack with `multiple` covers every
+//! delivery of the channel up to its tag, so the task sends one only over a run of tags that
+//! jobpipe has settled or is acknowledging in the same batch; every other ack, nack and reject
+//! goes alone. Tags on a channel count up from 1 with no gap, so a delivery jobpipe never saw
+//! (dropped with a subscription) is an unsettled tag that no multiple-ack passes. For the broker a
+//! run of N finished jobs is one frame and one queue command instead of N.
+
+use futures::future::join_all;
+use lapin::{
+    Channel,
+    message::Delivery,
+    options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions},
+    types::DeliveryTag,
+};
+use std::{collections::BTreeSet, time::Duration};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, warn};
+
+/// How long an ack, nack or reject may take to reach the connection. A blocked broker (resource
+/// alarm) stops every write; past this the delivery is left to the broker, which returns it to
+/// its queue when the channel closes.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most settlements taken at once.
+const BATCH: usize = 512;
+/// The most settled tags kept past an unsettled one (a long job); past it the channel acks each
+/// delivery alone, so a job held for minutes does not grow the consumer's memory.
+const BEYOND_LIMIT: usize = 1 << 16;
+
+/// Whether settling reached the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Settled {
+    /// The broker has the ack, nack or reject.
+    Done,
+    /// The channel is gone (broker link lost): the broker redelivers the message by itself.
+    ChannelGone,
+}
+
+/// One way of settling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Settle {
+    Ack,
+    Requeue,
+    Reject,
+}
+
+/// The handle to one channel's settling task. The task keeps the channel open until the last
+/// handle is gone: deliveries still being worked on can be settled after their subscription ended.
+#[derive(Debug, Clone)]
+pub(crate) struct Settler {
+    requests: mpsc::UnboundedSender<Request>,
+}
+
+#[derive(Debug)]
+struct Request {
+    delivery: Delivery,
+    how: Settle,
+    /// `None`: nobody waits for the answer.
+    reply: Option<oneshot::Sender<Settled>>,
+}
+
+impl Settler {
+    /// Starts the settling task of `channel`.
+    pub(crate) fn new(channel: Channel) -> Self {
+        let (requests, received) = mpsc::unbounded_channel();
+        tokio::spawn(run(channel, received));
+        Self { requests }
+    }
+
+    /// Settles `delivery` (of this channel) and tells whether the broker has it.
+    pub(crate) async fn settle(&self, delivery: Delivery, how: Settle) -> Settled {
+        let (reply, answer) = oneshot::channel();
+        let request = Request {
+            delivery,
+            how,
+            reply: Some(reply),
+        };
+        if self.requests.send(request).is_err() {
+            return Settled::ChannelGone;
+        }
+        answer.await.unwrap_or(Settled::ChannelGone)
+    }
+
+    /// Settles `delivery` without waiting (from a destructor).
+    pub(crate) fn settle_later(&self, delivery: Delivery, how: Settle) {
+        let request = Request {
+            delivery,
+            how,
+            reply: None,
+        };
+        // The task is gone only with the runtime: the channel closes and the broker requeues.
+        let _ = self.requests.send(request);
+    }
+}
+
+async fn run(channel: Channel, mut requests: mpsc::UnboundedReceiver<Request>) {
+    let _open = channel;
+    let mut tags = Tags::default();
+    let mut batch = Vec::with_capacity(BATCH);
+    while requests.recv_many(&mut batch, BATCH).await > 0 {
+        let (acks, alone): (Vec<Request>, Vec<Request>) = batch
+            .drain(..)
+            .partition(|request| request.how == Settle::Ack);
+        // Nacks and rejects first: a multiple-ack sent before them would cover them.
+        for request in &alone {
+            tags.settle_alone(request.delivery.delivery_tag);
+        }
+        let settled = join_all(alone.iter().map(|r| send(&r.delivery, r.how, false))).await;
+        answer(alone.into_iter().zip(settled));
+
+        let plan = tags.plan(acks.iter().map(|request| request.delivery.delivery_tag));
+        let (covered, single): (Vec<Request>, Vec<Request>) =
+            (acks.into_iter()).partition(|request| {
+                plan.multiple
+                    .is_some_and(|top| request.delivery.delivery_tag <= top)
+            });
+        let multiple = async {
+            let top = covered.iter().max_by_key(|r| r.delivery.delivery_tag)?;
+            Some(send(&top.delivery, Settle::Ack, covered.len() > 1).await)
+        };
+        let singles = join_all(single.iter().map(|r| send(&r.delivery, Settle::Ack, false)));
+        let (multiple, singles) = futures::join!(multiple, singles);
+        if let Some(multiple) = multiple {
+            answer(covered.into_iter().map(|request| (request, multiple)));
+        }
+        answer(single.into_iter().zip(singles));
+    }
+}
+
+fn answer(settled: impl Iterator<Item = (Request, Settled)>) {
+    for (request, settled) in settled {
+        if let Some(reply) = request.reply {
+            let _ = reply.send(settled);
+        }
+    }
+}
+
+/// Sends one ack (covering every earlier delivery of the channel with `multiple`), nack-requeue
+/// or reject.
+async fn send(delivery: &Delivery, how: Settle, multiple: bool) -> Settled {
+    let acker = &delivery.acker;
+    let settled = tokio::time::timeout(SETTLE_TIMEOUT, async {
+        match how {
+            Settle::Ack => acker.ack(BasicAckOptions { multiple }).await,
+            Settle::Requeue => {
+                acker
+                    .nack(BasicNackOptions {
+                        multiple: false,
+                        requeue: true,
+                    })
+                    .await
+            }
+            Settle::Reject => acker.reject(BasicRejectOptions { requeue: false }).await,
+        }
+    })
+    .await;
+    match settled {
+        Ok(Ok(true)) => Settled::Done,
+        Ok(Ok(false)) => Settled::ChannelGone,
+        Ok(Err(error)) => {
+            debug!(%error, "Settling failed; the broker will redeliver.");
+            Settled::ChannelGone
+        }
+        Err(_elapsed) => {
+            warn!("Settling timed out (is the broker blocked?); the broker will redeliver.");
+            Settled::ChannelGone
+        }
+    }
+}
+
+/// Which tags of a channel are settled: every tag up to `through`, and those in `beyond`.
+#[derive(Debug, Default)]
+struct Tags {
+    through: DeliveryTag,
+    beyond: BTreeSet<DeliveryTag>,
+    /// Set once `beyond` outgrew [`BEYOND_LIMIT`]: every ack goes alone from then on.
+    untracked: bool,
+}
+
+/// How a batch of acks goes out.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Plan {
+    /// One ack with `multiple` at this tag covers every ack of the batch up to it.
+    multiple: Option<DeliveryTag>,
+}
+
+impl Tags {
+    /// Records a tag settled on its own (a nack, a reject, an ack that joins no run).
+    fn settle_alone(&mut self, tag: DeliveryTag) {
+        if self.untracked {
+            return;
+        }
+        self.beyond.insert(tag);
+        self.advance();
+        if self.beyond.len() > BEYOND_LIMIT {
+            self.untracked = true;
+            self.beyond = BTreeSet::new();
+        }
+    }
+
+    /// Records `acks` as settled and plans them: the acks in the run of tags, from the first
+    /// unsettled one, that are all settled or acked now go as one multiple-ack; the others alone.
+    fn plan(&mut self, acks: impl Iterator<Item = DeliveryTag>) -> Plan {
+        let acks: BTreeSet<DeliveryTag> = acks.collect();
+        if self.untracked {
+            return Plan::default();
+        }
+        let mut top = None;
+        let mut next = self.through + 1;
+        loop {
+            if acks.contains(&next) {
+                top = Some(next);
+            } else if !self.beyond.contains(&next) {
+                break;
+            }
+            next += 1;
+        }
+        for &tag in &acks {
+            self.settle_alone(tag);
+        }
+        Plan { multiple: top }
+    }
+
+    /// Moves `through` past the settled tags that follow it.
+    fn advance(&mut self) {
+        while self.beyond.first() == Some(&(self.through + 1)) {
+            self.beyond.pop_first();
+            self.through += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn runs_of_settled_tags_become_one_multiple_ack() {
+        // (settled alone before, acks of the batch, expected multiple-ack tag)
+        let cases: &[(&[u64], &[u64], Option<u64>)] = &[
+            (&[], &[1], Some(1)),
+            (&[], &[1, 2, 3], Some(3)),
+            (&[], &[2, 3], None),
+            (&[], &[1, 2, 4], Some(2)),
+            (&[2], &[1, 3], Some(3)),
+            (&[1, 2], &[3, 5], Some(3)),
+            (&[1, 2, 4], &[3, 5], Some(5)),
+            (&[3], &[1], Some(1)),
+        ];
+        for &(alone, acks, expected) in cases {
+            let mut tags = Tags::default();
+            alone.iter().for_each(|&tag| tags.settle_alone(tag));
+            let plan = tags.plan(acks.iter().copied());
+            assert_eq!(plan.multiple, expected, "alone {alone:?}, acks {acks:?}");
+        }
+    }
+
+    #[test]
+    fn settled_tags_past_the_limit_turn_batching_off() {
+        let mut tags = Tags::default();
+        // Tag 1 is a long job: everything after it waits in `beyond`.
+        (2..=BEYOND_LIMIT as u64 + 2).for_each(|tag| tags.settle_alone(tag));
+        assert!(tags.untracked && tags.beyond.is_empty());
+        assert_eq!(tags.plan([1].into_iter()), Plan::default());
+    }
+
+    proptest! {
+        /// Settling a channel's tags in any order, in any batches: a multiple-ack never covers a
+        /// tag that is not settled, and once every tag is settled the ledger is empty.
+        #[test]
+        fn a_multiple_ack_covers_only_settled_tags(
+            order in Just((1..=64u64).collect::<Vec<_>>()).prop_shuffle(),
+            cuts in proptest::collection::vec(1usize..8, 1..64),
+            alone in proptest::collection::vec(any::<bool>(), 64),
+        ) {
+            let mut tags = Tags::default();
+            let mut settled = BTreeSet::new();
+            let mut rest = &order[..];
+            for cut in cuts.iter().cycle() {
+                if rest.is_empty() {
+                    break;
+                }
+                let (batch, after) = rest.split_at((*cut).min(rest.len()));
+                rest = after;
+                let (nacks, acks): (Vec<u64>, Vec<u64>) =
+                    batch.iter().partition(|&&tag| alone[tag as usize - 1]);
+                for &tag in &nacks {
+                    tags.settle_alone(tag);
+                    settled.insert(tag);
+                }
+                settled.extend(acks.iter().copied());
+                if let Some(top) = tags.plan(acks.iter().copied()).multiple {
+                    prop_assert!((1..=top).all(|tag| settled.contains(&tag)));
+                }
+            }
+            prop_assert_eq!((tags.through, tags.beyond.len()), (64, 0));
+        }
+    }
+}
