@@ -26,6 +26,7 @@ impl Inbound {
     pub(crate) fn new(mut delivery: Delivery, queue: QueueName, settler: Settler) -> Self {
         let payload = Bytes::from(std::mem::take(&mut delivery.data));
         let properties = std::mem::take(&mut delivery.properties);
+        settler.received();
         Self {
             delivery: Some(delivery),
             properties,
@@ -96,6 +97,7 @@ impl Drop for Inbound {
             return;
         };
         if !delivery.acker.usable() {
+            self.settler.forget();
             return;
         }
         warn!(queue = %self.queue, "A delivery was dropped unsettled; returning it to its queue.");

@@ -15,7 +15,14 @@ use lapin::{
     options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions},
     types::DeliveryTag,
 };
-use std::{collections::BTreeSet, time::Duration};
+use std::{
+    collections::BTreeSet,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
@@ -51,6 +58,8 @@ pub(crate) enum Settle {
 #[derive(Debug, Clone)]
 pub(crate) struct Settler {
     requests: mpsc::UnboundedSender<Request>,
+    /// Deliveries received and not yet settled (or given up with their channel).
+    unsettled: Arc<AtomicUsize>,
 }
 
 #[derive(Debug)]
@@ -65,8 +74,27 @@ impl Settler {
     /// Starts the settling task of `channel`.
     pub(crate) fn new(channel: Channel) -> Self {
         let (requests, received) = mpsc::unbounded_channel();
-        tokio::spawn(run(channel, received));
-        Self { requests }
+        let unsettled = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(run(channel, received, unsettled.clone()));
+        Self {
+            requests,
+            unsettled,
+        }
+    }
+
+    /// Counts a delivery received on the channel, until it is settled or [`Settler::forget`]ten.
+    pub(crate) fn received(&self) {
+        self.unsettled.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Stops counting a delivery that cannot be settled any more (its channel failed).
+    pub(crate) fn forget(&self) {
+        self.unsettled.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Deliveries received and not yet settled.
+    pub(crate) fn unsettled(&self) -> usize {
+        self.unsettled.load(Ordering::Relaxed)
     }
 
     /// Settles `delivery` (of this channel) and tells whether the broker has it.
@@ -95,11 +123,16 @@ impl Settler {
     }
 }
 
-async fn run(channel: Channel, mut requests: mpsc::UnboundedReceiver<Request>) {
+async fn run(
+    channel: Channel,
+    mut requests: mpsc::UnboundedReceiver<Request>,
+    unsettled: Arc<AtomicUsize>,
+) {
     let _open = channel;
     let mut tags = Tags::default();
     let mut batch = Vec::with_capacity(BATCH);
     while requests.recv_many(&mut batch, BATCH).await > 0 {
+        unsettled.fetch_sub(batch.len(), Ordering::Relaxed);
         let (acks, alone): (Vec<Request>, Vec<Request>) = batch
             .drain(..)
             .partition(|request| request.how == Settle::Ack);

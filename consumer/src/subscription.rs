@@ -6,14 +6,17 @@
 use crate::{context::Context, inbound::Inbound, settler::Settler, worker};
 use futures::StreamExt;
 use jobpipe_proto::names::QueueName;
-use jobpipe_runtime::amqp::{AccessRefused, LinkState, Session};
+use jobpipe_runtime::{
+    amqp::{AccessRefused, LinkState, Session},
+    queue_state,
+};
 use lapin::{
     Channel,
     options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions},
     types::FieldTable,
 };
 use std::{sync::Arc, time::Duration};
-use tokio::sync::watch;
+use tokio::{sync::watch, time::MissedTickBehavior};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{debug, info, warn};
 
@@ -23,6 +26,11 @@ const CANCEL_DRAIN: Duration = Duration::from_secs(2);
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 /// The pause before retrying a subscription the broker refused.
 const RESUBSCRIBE_PAUSE: Duration = Duration::from_secs(1);
+/// How often a subscription that received nothing checks that its queue has nothing ready.
+const HELD_BACK_CHECK: Duration = Duration::from_secs(5);
+/// Checks in a row that find jobs ready while the subscription, with room for more, received
+/// none, before it subscribes again.
+const HELD_BACK_CHECKS: u32 = 2;
 
 /// What the consumer's queues share: where job tasks run (their slots are `ctx.permits`).
 #[derive(Debug, Clone)]
@@ -75,11 +83,16 @@ pub(crate) async fn consume(
         };
         info!(%queue, "Consuming.");
         let ended = subscription
-            .run(&workers, &mut states, session.generation(), &shutdown)
+            .run(&workers, &mut states, &session, &shutdown)
             .await;
-        if ended == Ended::Shutdown {
-            subscription.stop().await;
-            return Ok(());
+        match ended {
+            Ended::Shutdown => {
+                subscription.stop().await;
+                return Ok(());
+            }
+            // The broker forgot this consumer: cancel it, then a fresh one on a new channel.
+            Ended::HeldBack => subscription.stop().await,
+            Ended::Resubscribe => {}
         }
     }
 }
@@ -92,6 +105,10 @@ enum Ended {
     /// The connection failed or was replaced, or the broker cancelled the consumer: subscribe
     /// again.
     Resubscribe,
+    /// The queue kept jobs ready while this consumer, with room for more, received none: seen
+    /// on RabbitMQ 3.10 after a queue's leader moved, the consumer still registered on its
+    /// channel and never served again. Subscribe again.
+    HeldBack,
 }
 
 struct Subscription {
@@ -101,8 +118,12 @@ struct Subscription {
     consumer: lapin::Consumer,
     queue: QueueName,
     tag: String,
+    /// The prefetch in force.
+    prefetch: u16,
     /// Taking one delivery at a time (see `Session::follows_unreadable_frame`).
     probing: Option<Probing>,
+    /// A channel of its own for reading the queue's depth (a failed read closes its channel).
+    depth_channel: Option<Channel>,
 }
 
 /// One delivery at a time after the connection dropped on a frame the library could not read.
@@ -140,7 +161,9 @@ impl Subscription {
             consumer,
             queue: queue.clone(),
             tag: tag.to_owned(),
+            prefetch,
             probing,
+            depth_channel: None,
         })
     }
 
@@ -151,6 +174,7 @@ impl Subscription {
             .basic_cancel(self.tag.as_str().into(), BasicCancelOptions::default())
             .await?;
         self.consumer = basic_consume(&self.channel, ctx, &self.queue, &self.tag, prefetch).await?;
+        self.prefetch = prefetch;
         self.probing = None;
         info!(queue = %self.queue, prefetch, "Deliveries arrive intact; full prefetch again.");
         Ok(())
@@ -161,16 +185,33 @@ impl Subscription {
         &mut self,
         workers: &Workers,
         states: &mut watch::Receiver<LinkState>,
-        generation: u64,
+        session: &Session,
         shutdown: &CancellationToken,
     ) -> Ended {
+        let mut check = tokio::time::interval(HELD_BACK_CHECK);
+        check.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        check.reset();
+        let (mut received, mut held_back) = (false, 0);
         loop {
             let delivery = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return Ended::Shutdown,
                 changed = states.changed() => {
-                    if changed.is_err() || rebuilt(&states.borrow(), generation) {
+                    if changed.is_err() || rebuilt(&states.borrow(), session.generation()) {
                         return Ended::Resubscribe;
+                    }
+                    continue;
+                }
+                _ = check.tick() => {
+                    let ready = match received {
+                        false => self.held_back(session, &workers.ctx).await,
+                        true => None,
+                    };
+                    (received, held_back) = (false, ready.map_or(0, |_| held_back + 1));
+                    if held_back == HELD_BACK_CHECKS {
+                        warn!(queue = %self.queue, ready, unsettled = self.settler.unsettled(),
+                            "The queue keeps jobs ready but delivers none to this subscription; subscribing again.");
+                        return Ended::HeldBack;
                     }
                     continue;
                 }
@@ -189,6 +230,7 @@ impl Subscription {
                     None => return Ended::Resubscribe,
                 },
             };
+            received = true;
             if let Some(probing) = self.probing.as_mut() {
                 probing.remaining = probing.remaining.saturating_sub(1);
             }
@@ -225,6 +267,32 @@ impl Subscription {
             // a job's future is kilobytes (copying it was most of the consumer's CPU time).
             let job = Box::pin(worker::process(workers.ctx.clone(), inbound, permit));
             workers.tracker.spawn(job);
+        }
+    }
+
+    /// The jobs ready in the queue, if any, while this subscription has room for more: after
+    /// [`HELD_BACK_CHECKS`] such readings with nothing received, the broker is holding them back.
+    /// A blocked connection is not one: the broker reads no acks from it meanwhile, so it sees
+    /// the prefetch full while this side has settled everything.
+    async fn held_back(&mut self, session: &Session, ctx: &Context) -> Option<u32> {
+        if self.settler.unsettled() >= usize::from(self.prefetch) || !session.can_publish() {
+            return None;
+        }
+        let queue = ctx.topology.work_queue(&self.queue);
+        let read = tokio::time::timeout(STEP_TIMEOUT, async {
+            if self.depth_channel.is_none() {
+                self.depth_channel = Some(session.open_channel().await?);
+            }
+            let channel = self.depth_channel.as_ref().expect("opened above");
+            queue_state::depth(channel, &queue).await
+        })
+        .await;
+        match read {
+            Ok(Ok((ready, _consumers))) => (ready > 0).then_some(ready),
+            Ok(Err(_)) | Err(_) => {
+                self.depth_channel = None;
+                None
+            }
         }
     }
 

@@ -174,6 +174,55 @@ async fn a_failed_job_waits_out_a_memory_alarm_instead_of_spending_its_delivery_
     node.stop().await;
 }
 
+/// A consumer the broker stops serving (seen on RabbitMQ 3.10 after a quorum queue's leader
+/// moved: still registered, never delivered to again) notices that its queue keeps jobs ready
+/// while it receives none, and subscribes again on a new channel. Here its channel is suspended
+/// inside the broker: the first job is delivered into it and never arrives, so with a prefetch
+/// of 1 the broker keeps the second ready while the consumer, its hands empty, waits.
+#[tokio::test]
+async fn a_subscription_the_broker_stops_serving_is_replaced() {
+    let node = Node::start(NodeOptions::new("held")).await;
+    let url: AmqpUrl = node.amqp_url().parse().expect("url");
+    let topology = TestTopology::new("held", &["default"]);
+    let mut config = producer::config(&topology);
+    config.amqp.url = url.clone();
+    let producer = RunningProducer::start(config).await;
+    let mut config = consumer::config(&topology, "c");
+    config.amqp.url = url;
+    config.consumer.prefetch = 1;
+    let (seen_tx, mut seen) = mpsc::unbounded_channel();
+    let consumer = RunningConsumer::start(config, recording_handlers("c", &seen_tx)).await;
+    let first = producer.submit(job("noop", "")).await;
+    assert_eq!(
+        next_seen(&mut seen, 1, Duration::from_secs(20)).await[0].job_id,
+        first
+    );
+
+    let suspended = node
+        .rabbitmqctl(&[
+            "eval",
+            "[sys:suspend(P) || P <- rabbit_channel:list(), \
+            proplists:get_value(consumer_count, rabbit_channel:info(P, [consumer_count])) > 0].",
+        ])
+        .await;
+    assert_eq!(suspended.trim(), "[ok]", "one consuming channel");
+    let _swallowed = producer.submit(job("noop", "")).await;
+    let third = producer.submit(job("noop", "")).await;
+    // Two checks 5 s apart find the third ready, the stuck consumer's cancel times out (10 s),
+    // then a new subscription takes it.
+    let again = next_seen(&mut seen, 1, Duration::from_secs(45)).await;
+    assert_eq!(
+        (again[0].job_id.as_str(), again[0].attempt),
+        (third.as_str(), 1)
+    );
+
+    node.rabbitmqctl(&["eval", "[sys:resume(P) || P <- rabbit_channel:list()]."])
+        .await;
+    consumer.stop().await.expect("clean stop");
+    producer.stop().await.expect("clean stop");
+    node.stop().await;
+}
+
 #[tokio::test]
 async fn sigterm_lets_the_running_job_finish_and_returns_the_prefetched_ones() {
     let topology = TestTopology::new("term", &["default"]);
