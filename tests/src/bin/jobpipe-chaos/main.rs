@@ -30,7 +30,7 @@ use load::Kind;
 use report::Report;
 use services::{Services, Settings};
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     process::ExitCode,
     sync::{Arc, Mutex},
     time::{Duration, SystemTime},
@@ -295,12 +295,11 @@ async fn drain(
             (queues::list(&nodes[0], prefix, &columns).await.iter())
                 .filter(|row| row.get(1).is_some_and(|count| count != "0"))
                 .for_each(|row| eprintln!("chaos:   held: {}", row.join("\t")));
+            let stalled = stalled_levels(nodes, prefix).await;
             if step == 1 {
-                for node in nodes {
-                    node.rabbitmqctl(&["eval", RESTART_DLX_WORKERS]).await;
-                }
+                restart_stalled_workers(nodes, &stalled).await;
             } else {
-                restart_stalled_leaders(nodes, prefix).await;
+                restart_stalled_leaders(nodes, &stalled).await;
             }
             last_change = (open, Instant::now());
         }
@@ -309,10 +308,10 @@ async fn drain(
     stranded
 }
 
-/// The runbook's second step: restarts the RabbitMQ application on each node that leads a delay
-/// level holding messages none of which is ready or unacknowledged, so a new leader elsewhere
-/// starts a new dead-letter worker.
-async fn restart_stalled_leaders(nodes: &[Node], prefix: &str) {
+/// The delay levels a stalled dead-letter worker holds, with their leaders: messages none of
+/// which is ready or unacknowledged. Only those whose members are all online: restarting the
+/// leader of a level without a quorum elsewhere would leave it with no member running.
+async fn stalled_levels(nodes: &[Node], prefix: &str) -> Vec<(String, String)> {
     let columns = [
         "messages",
         "messages_ready",
@@ -321,23 +320,54 @@ async fn restart_stalled_leaders(nodes: &[Node], prefix: &str) {
         "members",
         "online",
     ];
-    // Only where every member is online: a level without a quorum elsewhere would lose its
-    // last running member, and no other node could take it over.
-    let mut leaders: Vec<String> = (queues::list(&nodes[0], prefix, &columns).await)
+    (queues::list(&nodes[0], prefix, &columns).await)
         .into_iter()
-        .filter(|row| match &row[..] {
-            [name, messages, ready, unacked, _, members, online] => {
-                name.contains(".delay.")
+        .filter_map(|row| match &row[..] {
+            [name, messages, ready, unacked, leader, members, online]
+                if name.contains(".delay.")
                     && messages != "0"
                     && ready == "0"
                     && unacked == "0"
-                    && queues::all_online(members, online)
+                    && queues::all_online(members, online) =>
+            {
+                Some((name.clone(), leader.clone()))
             }
-            _ => false,
+            _ => None,
         })
-        .map(|mut row| row.swap_remove(4))
-        .collect();
-    leaders.sort();
+        .collect()
+}
+
+/// The runbook's first step: on each stalled level's leader, kills that level's dead-letter
+/// worker, which the node's `rabbit_fifo_dlx_sup` starts again at once. That supervisor allows
+/// one restart in 5 s: more and it exits, and at-least-once dead-lettering stops on the node
+/// until its application restarts. So one worker per node, [`WORKER_RESTART_GAP`] apart.
+async fn restart_stalled_workers(nodes: &[Node], stalled: &[(String, String)]) {
+    let mut last_kill: HashMap<&str, Instant> = HashMap::new();
+    for (level, leader) in stalled {
+        let Some(node) = nodes.iter().find(|node| node.name() == leader) else {
+            continue;
+        };
+        if let Some(at) = last_kill.get(leader.as_str()) {
+            tokio::time::sleep_until(*at + WORKER_RESTART_GAP).await;
+        }
+        eprintln!("chaos: restarting the dead-letter worker of {level} on {leader}");
+        node.rabbitmqctl(&["eval", &restart_dlx_worker(level)])
+            .await;
+        last_kill.insert(leader, Instant::now());
+        let supervisor = node
+            .rabbitmqctl(&["eval", "whereis(rabbit_fifo_dlx_sup)."])
+            .await;
+        if supervisor.trim() == "undefined" {
+            eprintln!("chaos: {leader} has no rabbit_fifo_dlx_sup any more");
+        }
+    }
+}
+
+/// The runbook's second step: restarts the RabbitMQ application on each node that leads a
+/// stalled level, so a new leader elsewhere starts a new dead-letter worker.
+async fn restart_stalled_leaders(nodes: &[Node], stalled: &[(String, String)]) {
+    let mut leaders: Vec<&str> = stalled.iter().map(|(_, leader)| leader.as_str()).collect();
+    leaders.sort_unstable();
     leaders.dedup();
     for leader in leaders {
         if let Some(node) = nodes.iter().find(|node| node.name() == leader) {
@@ -348,14 +378,24 @@ async fn restart_stalled_leaders(nodes: &[Node], prefix: &str) {
     }
 }
 
+/// The pause between two dead-letter worker restarts on one node: longer than the 5 s in which
+/// `rabbit_fifo_dlx_sup` allows one restart.
+const WORKER_RESTART_GAP: Duration = Duration::from_secs(6);
+
 /// How long the drain waits without progress before it suspects a stalled dead-letter worker:
 /// many times any retry delay plus level TTL here (1 s and 1 s), short enough that both runbook
 /// steps and the jobs they free fit in the short run's time.
 const STALL: Duration = Duration::from_secs(15);
 
-/// deploy/README.md's recovery for a stalled dead-letter worker: restart every
-/// at-least-once dead-letter worker on a node (each queue leader starts a fresh one at once).
-pub(crate) const RESTART_DLX_WORKERS: &str = "[exit(P, kill) || {_, P, _, _} <- supervisor:which_children(rabbit_fifo_dlx_sup), node(P) =:= node()].";
+/// deploy/README.md's recovery for a stalled dead-letter worker: the Erlang expression, for
+/// `rabbitmqctl eval` on the level's leader, that kills the level's worker (each worker's state
+/// starts with the queue it serves).
+fn restart_dlx_worker(level: &str) -> String {
+    format!(
+        "[exit(P, kill) || {{_, P, _, _}} <- supervisor:which_children(rabbit_fifo_dlx_sup), \
+         element(2, sys:get_state(P)) =:= rabbit_misc:r(<<\"/\">>, queue, <<\"{level}\">>)]."
+    )
+}
 
 /// What the broker says the run's queues hold (dead-letter queues aside): how many queues it
 /// listed and their messages, ready or being processed. `None` while it cannot say: a queue
