@@ -1,7 +1,8 @@
 //! Consuming one queue for the consumer's whole life: subscribe whenever the link is up, hand each
 //! delivery to a job task under the concurrency limit, subscribe again on the next connection
-//! once the link is back up (never before: the topology is declared first), and on shutdown
-//! cancel the subscription and return what was never started.
+//! once the link is back up (never before: the topology is declared first) or when the broker
+//! stops serving an idle subscription while its queue keeps jobs ready, and on shutdown cancel
+//! the subscription and return what was never started.
 
 use crate::{context::Context, inbound::Inbound, settler::Settler, worker};
 use futures::StreamExt;
