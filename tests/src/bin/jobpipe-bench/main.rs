@@ -3,8 +3,9 @@
 //!
 //! Phases, each on a fresh topology, cleaned up afterwards:
 //! 1. the broker's limit: plain lapin publisher and consumers at the confirm window and prefetch
-//!    a sweep found best on this machine (`sweep`, a quarter of the jobs per pairing), and the
-//!    same client at jobpipe's own settings, for comparison;
+//!    a sweep found best on this machine (`sweep`, as many jobs per pairing as every phase: a
+//!    shorter run never lets the queue grow as long, and moves faster), and the same client at
+//!    jobpipe's own settings, for comparison;
 //! 2. jobpipe with `SubmitJobs` batches, several in flight;
 //! 3. jobpipe with one `SubmitJob` per job from many callers;
 //! 4. latency below saturation at a fixed rate, the baseline then jobpipe;
@@ -201,7 +202,7 @@ async fn main() -> anyhow::Result<ExitCode> {
     let wants = |phase: &str| opts.phases.iter().any(|p| p == phase);
     let rate = Pace::Rate(opts.rate);
     let sweep = match wants("sweep") {
-        true => baseline::sweep(&opts, (opts.jobs / 4).max(1)).await?,
+        true => baseline::sweep(&opts, opts.jobs).await?,
         false => Vec::new(),
     };
     let limit = sweep.first().map_or(

@@ -197,7 +197,7 @@ pub(crate) fn sweep(results: &[(crate::baseline::Settings, f64)]) {
     if results.is_empty() {
         return;
     }
-    println!("\nthe plain client's sweep (a quarter of the jobs each), the best first");
+    println!("\nthe plain client's sweep (as many jobs each as every phase), the best first");
     println!("{:>8} {:>9} {:>9}", "window", "prefetch", "jobs/s");
     for (settings, rate) in results {
         println!(
