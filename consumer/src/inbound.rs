@@ -1,7 +1,8 @@
 //! A delivery not yet settled. Every way of settling it consumes it, so a delivery is settled
 //! exactly once, and always on the channel that delivered it, through that channel's
-//! [`Settler`] (which keeps the channel open until then). One dropped unsettled (a bug, an aborted task) is returned to its queue
-//! rather than left unacknowledged until the connection closes.
+//! [`Settler`] (which keeps the channel open until then). One dropped unsettled (a bug, an
+//! aborted task) is returned to its queue rather than left unacknowledged until the connection
+//! closes.
 
 use crate::settler::{Settle, Settled, Settler};
 use bytes::Bytes;
@@ -35,6 +36,7 @@ impl Inbound {
             settler,
         }
     }
+
     /// The queue it came from.
     pub(crate) fn queue(&self) -> &QueueName {
         &self.queue

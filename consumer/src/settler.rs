@@ -16,7 +16,7 @@ use lapin::{
     types::DeliveryTag,
 };
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
@@ -26,15 +26,13 @@ use std::{
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
-/// How long an ack, nack or reject may take to reach the connection. A blocked broker (resource
-/// alarm) stops every write; past this the delivery is left to the broker, which returns it to
-/// its queue when the channel closes.
+/// How long an ack, nack or reject may take to reach the connection, once the settling task sends
+/// it (a request arriving meanwhile waits for the batch in hand, so twice this at most). A blocked
+/// broker (resource alarm) stops every write; past this the delivery is left to the broker, which
+/// returns it to its queue when the channel closes.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most settlements taken at once.
 const BATCH: usize = 512;
-/// The most settled tags kept past an unsettled one (a long job); past it the channel acks each
-/// delivery alone, so a job held for minutes does not grow the consumer's memory.
-const BEYOND_LIMIT: usize = 1 << 16;
 
 /// Whether settling reached the broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,7 +56,8 @@ pub(crate) enum Settle {
 #[derive(Debug, Clone)]
 pub(crate) struct Settler {
     requests: mpsc::UnboundedSender<Request>,
-    /// Deliveries received and not yet settled (or given up with their channel).
+    /// Deliveries received and not yet handed to the task for settling (nor given up with their
+    /// channel).
     unsettled: Arc<AtomicUsize>,
 }
 
@@ -92,7 +91,7 @@ impl Settler {
         self.unsettled.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// Deliveries received and not yet settled.
+    /// Deliveries received and not yet handed over for settling.
     pub(crate) fn unsettled(&self) -> usize {
         self.unsettled.load(Ordering::Relaxed)
     }
@@ -136,21 +135,24 @@ async fn run(
         let (acks, alone): (Vec<Request>, Vec<Request>) = batch
             .drain(..)
             .partition(|request| request.how == Settle::Ack);
-        // Nacks and rejects first: a multiple-ack sent before them would cover them.
-        for request in &alone {
-            tags.settle_alone(request.delivery.delivery_tag);
-        }
+        // Nacks and rejects first, each written to the connection before any ack is sent: a
+        // multiple-ack ahead of one would cover it. One that did not go out stays unsettled, so
+        // no multiple-ack passes it.
         let settled = join_all(alone.iter().map(|r| send(&r.delivery, r.how, false))).await;
+        for (request, settled) in alone.iter().zip(&settled) {
+            if *settled == Settled::Done {
+                tags.record(request.delivery.delivery_tag);
+            }
+        }
         answer(alone.into_iter().zip(settled));
 
-        let plan = tags.plan(acks.iter().map(|request| request.delivery.delivery_tag));
-        let (covered, single): (Vec<Request>, Vec<Request>) =
-            (acks.into_iter()).partition(|request| {
-                plan.multiple
-                    .is_some_and(|top| request.delivery.delivery_tag <= top)
-            });
+        let acked = acks.iter().map(|r| r.delivery.delivery_tag).collect();
+        let top = tags.plan(&acked);
+        let (covered, single): (Vec<Request>, Vec<Request>) = (acks.into_iter())
+            .partition(|request| top.is_some_and(|top| request.delivery.delivery_tag <= top));
         let multiple = async {
             let top = covered.iter().max_by_key(|r| r.delivery.delivery_tag)?;
+            // A run of one is a plain ack.
             Some(send(&top.delivery, Settle::Ack, covered.len() > 1).await)
         };
         let singles = join_all(single.iter().map(|r| send(&r.delivery, Settle::Ack, false)));
@@ -203,65 +205,65 @@ async fn send(delivery: &Delivery, how: Settle, multiple: bool) -> Settled {
     }
 }
 
-/// Which tags of a channel are settled: every tag up to `through`, and those in `beyond`.
+/// Which tags of a channel are settled: every tag up to `through`, and the ranges in `beyond`
+/// (first tag → last tag, none touching another or `through`). Ranges rather than tags: the tags
+/// settled after a job held for minutes form one range, so memory follows the open deliveries.
 #[derive(Debug, Default)]
 struct Tags {
     through: DeliveryTag,
-    beyond: BTreeSet<DeliveryTag>,
-    /// Set once `beyond` outgrew [`BEYOND_LIMIT`]: every ack goes alone from then on.
-    untracked: bool,
-}
-
-/// How a batch of acks goes out.
-#[derive(Debug, Default, PartialEq, Eq)]
-struct Plan {
-    /// One ack with `multiple` at this tag covers every ack of the batch up to it.
-    multiple: Option<DeliveryTag>,
+    beyond: BTreeMap<DeliveryTag, DeliveryTag>,
 }
 
 impl Tags {
-    /// Records a tag settled on its own (a nack, a reject, an ack that joins no run).
-    fn settle_alone(&mut self, tag: DeliveryTag) {
-        if self.untracked {
+    /// Records `tag` as settled.
+    fn record(&mut self, tag: DeliveryTag) {
+        if self.settled_through(tag).is_some() {
             return;
         }
-        self.beyond.insert(tag);
-        self.advance();
-        if self.beyond.len() > BEYOND_LIMIT {
-            self.untracked = true;
-            self.beyond = BTreeSet::new();
+        let (mut first, mut last) = (tag, tag);
+        if let Some((&start, &end)) = self.beyond.range(..tag).next_back()
+            && end + 1 == tag
+        {
+            self.beyond.remove(&start);
+            first = start;
+        }
+        if let Some(end) = self.beyond.remove(&(tag + 1)) {
+            last = end;
+        }
+        if first == self.through + 1 {
+            self.through = last;
+        } else {
+            self.beyond.insert(first, last);
         }
     }
 
-    /// Records `acks` as settled and plans them: the acks in the run of tags, from the first
-    /// unsettled one, that are all settled or acked now go as one multiple-ack; the others alone.
-    fn plan(&mut self, acks: impl Iterator<Item = DeliveryTag>) -> Plan {
-        let acks: BTreeSet<DeliveryTag> = acks.collect();
-        if self.untracked {
-            return Plan::default();
+    /// The last tag of the settled range that holds `tag`, if it is settled.
+    fn settled_through(&self, tag: DeliveryTag) -> Option<DeliveryTag> {
+        if tag <= self.through {
+            return Some(self.through);
         }
+        let (_, &end) = self.beyond.range(..=tag).next_back()?;
+        (end >= tag).then_some(end)
+    }
+
+    /// Records `acks` as settled and plans them: the acks in the run of tags from the first
+    /// unsettled one, all settled before or acked now, go as one multiple-ack at the returned
+    /// tag; the others alone.
+    fn plan(&mut self, acks: &BTreeSet<DeliveryTag>) -> Option<DeliveryTag> {
         let mut top = None;
         let mut next = self.through + 1;
         loop {
             if acks.contains(&next) {
                 top = Some(next);
-            } else if !self.beyond.contains(&next) {
+                next += 1;
+            } else if let Some(end) = self.settled_through(next) {
+                next = end + 1;
+            } else {
                 break;
             }
-            next += 1;
         }
-        for &tag in &acks {
-            self.settle_alone(tag);
-        }
-        Plan { multiple: top }
-    }
-
-    /// Moves `through` past the settled tags that follow it.
-    fn advance(&mut self) {
-        while self.beyond.first() == Some(&(self.through + 1)) {
-            self.beyond.pop_first();
-            self.through += 1;
-        }
+        acks.iter().for_each(|&tag| self.record(tag));
+        top
     }
 }
 
@@ -285,19 +287,21 @@ mod tests {
         ];
         for &(alone, acks, expected) in cases {
             let mut tags = Tags::default();
-            alone.iter().for_each(|&tag| tags.settle_alone(tag));
-            let plan = tags.plan(acks.iter().copied());
-            assert_eq!(plan.multiple, expected, "alone {alone:?}, acks {acks:?}");
+            alone.iter().for_each(|&tag| tags.record(tag));
+            let plan = tags.plan(&acks.iter().copied().collect());
+            assert_eq!(plan, expected, "alone {alone:?}, acks {acks:?}");
         }
     }
 
     #[test]
-    fn settled_tags_past_the_limit_turn_batching_off() {
+    fn the_tags_settled_after_a_long_job_are_one_range() {
         let mut tags = Tags::default();
-        // Tag 1 is a long job: everything after it waits in `beyond`.
-        (2..=BEYOND_LIMIT as u64 + 2).for_each(|tag| tags.settle_alone(tag));
-        assert!(tags.untracked && tags.beyond.is_empty());
-        assert_eq!(tags.plan([1].into_iter()), Plan::default());
+        // Tag 1 is a job held for minutes; 100,000 later ones settle, and one more is open.
+        (2..=100_000).for_each(|tag| tags.record(tag));
+        tags.record(100_002);
+        assert_eq!(tags.beyond.len(), 2);
+        assert_eq!(tags.plan(&[1].into()), Some(1));
+        assert_eq!((tags.through, tags.beyond.len()), (100_000, 1));
     }
 
     proptest! {
@@ -321,11 +325,11 @@ mod tests {
                 let (nacks, acks): (Vec<u64>, Vec<u64>) =
                     batch.iter().partition(|&&tag| alone[tag as usize - 1]);
                 for &tag in &nacks {
-                    tags.settle_alone(tag);
+                    tags.record(tag);
                     settled.insert(tag);
                 }
                 settled.extend(acks.iter().copied());
-                if let Some(top) = tags.plan(acks.iter().copied()).multiple {
+                if let Some(top) = tags.plan(&acks.iter().copied().collect()) {
                     prop_assert!((1..=top).all(|tag| settled.contains(&tag)));
                 }
             }

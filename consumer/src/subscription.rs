@@ -5,7 +5,7 @@
 //! the subscription and return what was never started.
 
 use crate::{context::Context, inbound::Inbound, settler::Settler, worker};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use jobpipe_proto::names::QueueName;
 use jobpipe_runtime::{
     amqp::{AccessRefused, LinkState, Session},
@@ -30,8 +30,11 @@ const RESUBSCRIBE_PAUSE: Duration = Duration::from_secs(1);
 /// How often a subscription that received nothing checks that its queue has nothing ready.
 const HELD_BACK_CHECK: Duration = Duration::from_secs(5);
 /// Checks in a row that find jobs ready while the subscription, with room for more, received
-/// none, before it subscribes again.
+/// none, before it subscribes again; twice as many after each time that did not help (a queue
+/// whose policy gives one consumer at a time, say), up to [`HELD_BACK_CHECKS_MAX`].
 const HELD_BACK_CHECKS: u32 = 2;
+/// At most ten minutes of checks before subscribing again.
+const HELD_BACK_CHECKS_MAX: u32 = 120;
 
 /// What the consumer's queues share: where job tasks run (their slots are `ctx.permits`).
 #[derive(Debug, Clone)]
@@ -52,6 +55,7 @@ pub(crate) async fn consume(
 ) -> Result<(), AccessRefused> {
     let mut states = workers.ctx.link.watch();
     let tag = format!("{}/{queue}", workers.ctx.instance);
+    let mut patience = HELD_BACK_CHECKS;
     loop {
         let Some(session) = wait_for_session(&mut states, &shutdown).await else {
             return Ok(());
@@ -84,7 +88,7 @@ pub(crate) async fn consume(
         };
         info!(%queue, "Consuming.");
         let ended = subscription
-            .run(&workers, &mut states, &session, &shutdown)
+            .run(&workers, &mut states, &session, &shutdown, &mut patience)
             .await;
         match ended {
             Ended::Shutdown => {
@@ -92,7 +96,10 @@ pub(crate) async fn consume(
                 return Ok(());
             }
             // The broker forgot this consumer: cancel it, then a fresh one on a new channel.
-            Ended::HeldBack => subscription.stop().await,
+            Ended::HeldBack => {
+                subscription.stop().await;
+                patience = (patience * 2).min(HELD_BACK_CHECKS_MAX);
+            }
             Ended::Resubscribe => {}
         }
     }
@@ -188,6 +195,7 @@ impl Subscription {
         states: &mut watch::Receiver<LinkState>,
         session: &Session,
         shutdown: &CancellationToken,
+        patience: &mut u32,
     ) -> Ended {
         let mut check = tokio::time::interval(HELD_BACK_CHECK);
         check.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -205,11 +213,15 @@ impl Subscription {
                 }
                 _ = check.tick() => {
                     let ready = match received {
-                        false => self.held_back(session, &workers.ctx).await,
+                        false => tokio::select! {
+                            biased;
+                            () = shutdown.cancelled() => return Ended::Shutdown,
+                            ready = self.held_back(session, &workers.ctx) => ready,
+                        },
                         true => None,
                     };
                     (received, held_back) = (false, ready.map_or(0, |_| held_back + 1));
-                    if held_back == HELD_BACK_CHECKS {
+                    if held_back == *patience {
                         warn!(queue = %self.queue, ready, unsettled = self.settler.unsettled(),
                             "The queue keeps jobs ready but delivers none to this subscription; subscribing again.");
                         return Ended::HeldBack;
@@ -232,6 +244,7 @@ impl Subscription {
                 },
             };
             received = true;
+            *patience = HELD_BACK_CHECKS;
             if let Some(probing) = self.probing.as_mut() {
                 probing.remaining = probing.remaining.saturating_sub(1);
             }
@@ -306,7 +319,13 @@ impl Subscription {
         )
         .await;
         if !matches!(cancelled, Ok(Ok(()))) {
-            debug!("Cancel failed; the broker requeues everything when the channel closes.");
+            // What is already here goes back now; the rest when the channel closes.
+            while let Some(Some(Ok(delivery))) = self.consumer.next().now_or_never() {
+                Inbound::new(delivery, self.queue.clone(), self.settler.clone())
+                    .requeue()
+                    .await;
+            }
+            debug!("Cancel failed; the broker requeues the rest when the channel closes.");
             return;
         }
         let mut returned = 0usize;
