@@ -87,6 +87,7 @@ pub(crate) struct ConsumerMetrics {
     queue_wait_seconds: Family<QueueLabels, Histogram>,
     attempts: Family<QueueLabels, Histogram>,
     redeliveries: Family<QueueLabels, Counter>,
+    held_back: Family<QueueLabels, Counter>,
     /// Jobs whose handler is running now.
     pub(crate) in_flight: Gauge,
     /// Attempts run, and the microseconds they took: what a handler slot gets done, which the
@@ -121,6 +122,7 @@ impl ConsumerMetrics {
             queue_wait_seconds: Family::new_with_constructor(|| Histogram::new(latency_buckets())),
             attempts: Family::new_with_constructor(|| Histogram::new(linear_buckets(1.0, 1.0, 25))),
             redeliveries: Family::default(),
+            held_back: Family::default(),
             in_flight: Gauge::default(),
             attempts_run: Counter::default(),
             attempt_micros: Counter::default(),
@@ -134,6 +136,7 @@ impl ConsumerMetrics {
         for &queue in metrics.known.iter().take(queue_count) {
             let labels = QueueLabels { queue };
             drop(metrics.redeliveries.get_or_create(&labels));
+            drop(metrics.held_back.get_or_create(&labels));
             drop(metrics.attempts.get_or_create(&labels));
             drop(metrics.queue_wait_seconds.get_or_create(&labels));
         }
@@ -161,6 +164,11 @@ impl ConsumerMetrics {
             "jobpipe_consumer_redeliveries",
             "Deliveries the broker marked as redelivered (a consumer died or returned them)",
             metrics.redeliveries.clone(),
+        );
+        registry.register(
+            "jobpipe_consumer_held_back",
+            "Subscriptions replaced because the queue kept jobs ready while delivering none to them",
+            metrics.held_back.clone(),
         );
         registry.register(
             "jobpipe_consumer_jobs_in_flight",
@@ -272,6 +280,13 @@ impl ConsumerMetrics {
     /// Counts a redelivery.
     pub(crate) fn redelivered(&self, queue: &str) {
         self.redeliveries
+            .get_or_create(&self.queue_labels(queue))
+            .inc();
+    }
+
+    /// Counts a subscription to `queue` the broker stopped serving, replaced by a new one.
+    pub(crate) fn held_back(&self, queue: &str) {
+        self.held_back
             .get_or_create(&self.queue_labels(queue))
             .inc();
     }

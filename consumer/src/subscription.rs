@@ -224,6 +224,7 @@ impl Subscription {
                     if held_back == *patience {
                         warn!(queue = %self.queue, ready, unsettled = self.settler.unsettled(),
                             "The queue keeps jobs ready but delivers none to this subscription; subscribing again.");
+                        workers.ctx.metrics.held_back(self.queue.as_str());
                         return Ended::HeldBack;
                     }
                     continue;

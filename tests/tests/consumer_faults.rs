@@ -215,6 +215,11 @@ async fn a_subscription_the_broker_stops_serving_is_replaced() {
         (again[0].job_id.as_str(), again[0].attempt),
         (third.as_str(), 1)
     );
+    let held_back = sample(
+        &consumer.metrics().await,
+        r#"jobpipe_consumer_held_back_total{queue="default"}"#,
+    );
+    assert_eq!(held_back, Some(1.0));
 
     node.rabbitmqctl(&["eval", "[sys:resume(P) || P <- rabbit_channel:list()]."])
         .await;
