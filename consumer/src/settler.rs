@@ -99,26 +99,31 @@ impl Settler {
     /// Settles `delivery` (of this channel) and tells whether the broker has it.
     pub(crate) async fn settle(&self, delivery: Delivery, how: Settle) -> Settled {
         let (reply, answer) = oneshot::channel();
-        let request = Request {
-            delivery,
-            how,
-            reply: Some(reply),
-        };
-        if self.requests.send(request).is_err() {
+        if !self.request(delivery, how, Some(reply)) {
             return Settled::ChannelGone;
         }
         answer.await.unwrap_or(Settled::ChannelGone)
     }
 
-    /// Settles `delivery` without waiting (from a destructor).
+    /// Settles `delivery` without waiting (from a destructor). The task is gone only with the
+    /// runtime: the channel closes then and the broker requeues.
     pub(crate) fn settle_later(&self, delivery: Delivery, how: Settle) {
+        self.request(delivery, how, None);
+    }
+
+    /// Hands a settlement to the task; `false` if the task is gone.
+    fn request(
+        &self,
+        delivery: Delivery,
+        how: Settle,
+        reply: Option<oneshot::Sender<Settled>>,
+    ) -> bool {
         let request = Request {
             delivery,
             how,
-            reply: None,
+            reply,
         };
-        // The task is gone only with the runtime: the channel closes and the broker requeues.
-        let _ = self.requests.send(request);
+        self.requests.send(request).is_ok()
     }
 }
 

@@ -41,6 +41,21 @@ fn consumer_process(
     Service::start("jobpipe-consumer", &[], &env)
 }
 
+/// A consumer process on `topology` running `spec`, submitted through `producer`: the job's id,
+/// the consumer's admin address, the process.
+async fn consumer_running(
+    topology: &TestTopology,
+    producer: &RunningProducer,
+    spec: JobSpec,
+) -> (String, SocketAddr, Service) {
+    let admin = free_port();
+    let consumer = consumer_process(topology, admin, &[]);
+    wait_ready(admin).await;
+    let id = producer.submit(spec).await;
+    wait_for_in_flight(admin, 1.0).await;
+    (id, admin, consumer)
+}
+
 async fn wait_for_in_flight(admin: SocketAddr, jobs: f64) {
     eventually(
         Duration::from_secs(30),
@@ -299,11 +314,7 @@ async fn sigterm_lets_the_running_job_finish_and_returns_the_prefetched_ones() {
 async fn sigkill_mid_job_means_another_instance_gets_it() {
     let topology = TestTopology::new("kill", &["default"]);
     let producer = RunningProducer::start(producer::config(&topology)).await;
-    let admin = free_port();
-    let doomed = consumer_process(&topology, admin, &[]);
-    wait_ready(admin).await;
-    let id = producer.submit(job("sleep", "2s")).await;
-    wait_for_in_flight(admin, 1.0).await;
+    let (id, _admin, doomed) = consumer_running(&topology, &producer, job("sleep", "2s")).await;
     doomed.signal("KILL");
     doomed.exit(Duration::from_secs(5)).await;
 
@@ -338,11 +349,7 @@ async fn sigkill_mid_job_means_another_instance_gets_it() {
 async fn acks_of_later_jobs_never_cover_one_still_running() {
     let topology = TestTopology::new("ackrun", &["default"]);
     let producer = RunningProducer::start(producer::config(&topology)).await;
-    let admin = free_port();
-    let doomed = consumer_process(&topology, admin, &[]);
-    wait_ready(admin).await;
-    let slow = producer.submit(job("sleep", "60s")).await;
-    wait_for_in_flight(admin, 1.0).await;
+    let (slow, admin, doomed) = consumer_running(&topology, &producer, job("sleep", "60s")).await;
     let fast = producer
         .submit_all((0..200).map(|_| job("noop", "")).collect())
         .await
