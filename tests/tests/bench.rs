@@ -29,14 +29,28 @@ async fn a_small_benchmark_run_accounts_for_every_job() {
         .unwrap_or_else(|| panic!("no JSON line in:\n{text}"));
     let report: serde_json::Value = serde_json::from_str(json).expect("valid JSON");
     let phases = report["phases"].as_array().expect("phases");
-    // The limit, the plain client at jobpipe's settings, batched, one per RPC, both paced.
-    assert_eq!(phases.len(), 6, "{json}");
-    // The sweep tried every pairing and the limit is the best the plain client moved.
+    // The limit, the plain client at jobpipe's settings and at the callers' window, batched, one
+    // per RPC, both paced.
+    assert_eq!(phases.len(), 7, "{json}");
+    assert!(
+        report["ratios"]["single_vs_callers_window"]
+            .as_f64()
+            .is_some(),
+        "{json}"
+    );
+    // The sweep tried every pairing; the limit is the full phase at its best pairing's settings,
+    // with the sweep's best run beside it.
     let sweep = report["sweep"].as_array().expect("sweep");
     assert_eq!(sweep.len(), 9, "{json}");
-    let best = sweep[0]["jobs_per_sec"].as_f64().expect("a rate");
-    assert!(
-        report["limit"]["jobs_per_sec"].as_f64() >= Some(best),
+    let limit = &report["limit"];
+    assert_eq!(limit["settings"]["window"], sweep[0]["window"], "{json}");
+    assert_eq!(
+        limit["settings"]["prefetch"], sweep[0]["prefetch"],
+        "{json}"
+    );
+    assert_eq!(limit["jobs_per_sec"], phases[0]["jobs_per_sec"], "{json}");
+    assert_eq!(
+        limit["sweep_best_jobs_per_sec"], sweep[0]["jobs_per_sec"],
         "{json}"
     );
     for phase in phases {

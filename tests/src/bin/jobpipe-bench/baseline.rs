@@ -40,6 +40,15 @@ impl Settings {
             prefetch: opts.prefetch,
         }
     }
+
+    /// The same in flight as the one-job-per-RPC phase (its callers), at `limit`'s prefetch: a
+    /// caller's next job waits for its confirm there too, so this is that phase's own ceiling.
+    pub(crate) fn one_per_caller(opts: &Options, limit: Settings) -> Self {
+        Self {
+            window: opts.callers,
+            prefetch: limit.prefetch,
+        }
+    }
 }
 
 /// The confirm windows and prefetches the sweep tries.
