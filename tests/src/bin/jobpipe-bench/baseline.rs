@@ -43,7 +43,7 @@ impl Settings {
 
     /// The same in flight as the one-job-per-RPC phase (its callers), at `limit`'s prefetch: a
     /// caller's next job waits for its confirm there too, so this is that phase's own ceiling.
-    pub(crate) fn one_per_caller(opts: &Options, limit: Settings) -> Self {
+    pub(crate) fn callers_window(opts: &Options, limit: Settings) -> Self {
         Self {
             window: opts.callers,
             prefetch: limit.prefetch,

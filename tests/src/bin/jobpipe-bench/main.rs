@@ -241,7 +241,7 @@ async fn main() -> anyhow::Result<ExitCode> {
                     &opts,
                     opts.jobs,
                     Pace::FlatOut,
-                    baseline::Settings::one_per_caller(&opts, limit),
+                    baseline::Settings::callers_window(&opts, limit),
                 )
                 .await?,
             ),
